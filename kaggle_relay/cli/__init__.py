@@ -1,0 +1,1 @@
+"""The ``kaggle-relay`` command line: one module per command group."""
