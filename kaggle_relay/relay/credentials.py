@@ -22,6 +22,7 @@ what they are, and ``mask`` removes them from any text before it is logged.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
@@ -171,10 +172,8 @@ def secret_values() -> list[str]:
     for folder in dict.fromkeys([Path.home() / ".kaggle", config_dir()]):
         for name in ("access_token", "access_token.txt"):
             values.append(_read_text(folder / name))
-    try:
+    with contextlib.suppress(CredentialsError):
         values.append(str(_read_kaggle_json(config_dir() / "kaggle.json").get("key") or ""))
-    except CredentialsError:
-        pass
     # Very short values would mask ordinary words; real keys and tokens are long.
     return sorted({value for value in values if len(value) >= 8}, key=len, reverse=True)
 
