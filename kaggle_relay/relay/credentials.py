@@ -159,7 +159,7 @@ def _missing_message() -> str:
 
 # --- masking ---------------------------------------------------------------
 
-_AUTH_HEADER = re.compile(r"(Authorization:\s*(?:Basic|Bearer)\s+)\S+", re.IGNORECASE)
+_AUTH_HEADER = re.compile(r"(\b(?:Basic|Bearer)\s+)[A-Za-z0-9+/=._~-]{8,}", re.IGNORECASE)
 _JSON_SECRET = re.compile(r'("(?:key|token|access_token|refresh_token)"\s*:\s*")[^"]*(")')
 
 
