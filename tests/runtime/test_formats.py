@@ -1,0 +1,155 @@
+"""Format detection and completeness checks on real files."""
+
+from __future__ import annotations
+
+import errno
+import zipfile
+from pathlib import Path
+
+import pytest
+import torch
+from torch._weights_only_unpickler import _get_allowed_globals
+
+from kaggle_relay.runtime import formats
+from kaggle_relay.runtime.peek import (
+    WEIGHTS_ONLY_GLOBALS,
+    PickleNotSupportedError,
+    TensorRef,
+    peek_pickle,
+)
+from tests.runtime.builders import cut, save, save_safetensors, tiny_state, trainer_folder
+
+
+def test_allowlist_matches_installed_torch() -> None:
+    assert set(_get_allowed_globals()) == WEIGHTS_ONLY_GLOBALS
+
+
+def test_torch_zip_is_complete(tmp_path: Path) -> None:
+    path = save(tmp_path / "a.pt", {"model": tiny_state(), "epoch": 3})
+    check = formats.check_file(path)
+    assert check.format == formats.TORCH_ZIP
+    assert check.complete, check.reason
+    assert check.blocked == []
+    assert check.tree["epoch"] == 3
+    weight = check.tree["model"]["weight"]
+    assert isinstance(weight, TensorRef)
+    assert weight.dtype == "float32"
+    assert weight.shape == (2, 4)
+
+
+def test_detect_format_reads_first_bytes(tmp_path: Path) -> None:
+    assert formats.detect_format(save(tmp_path / "z.pt", tiny_state())) == formats.TORCH_ZIP
+    assert formats.detect_format(save(tmp_path / "l.pt", tiny_state(), legacy=True)) == formats.TORCH_LEGACY
+    assert formats.detect_format(save_safetensors(tmp_path / "s.safetensors", tiny_state())) == formats.SAFETENSORS
+    (tmp_path / "text.pt").write_text("hello", encoding="utf-8")
+    assert formats.detect_format(tmp_path / "text.pt") == formats.UNKNOWN
+
+
+def test_empty_file_is_reported_empty(tmp_path: Path) -> None:
+    path = tmp_path / "ckpt-step30.pt"
+    path.touch()
+    check = formats.check_file(path)
+    assert not check.complete
+    assert check.reason.startswith("empty")
+
+
+def test_cut_zip_reports_truncation_with_sizes(tmp_path: Path) -> None:
+    path = save(tmp_path / "a.pt", {"model": tiny_state(), "big": torch.zeros(10_000)})
+    full = path.stat().st_size
+    cut(path, 0.5)
+    check = formats.check_file(path)
+    assert not check.complete
+    assert check.format == formats.TORCH_ZIP
+    assert check.reason.startswith(f"truncated ({full // 2} of at least")
+
+    with_manifest = formats.check_file(path, expected_bytes=full)
+    assert with_manifest.reason.startswith(f"truncated ({full // 2} of {full} bytes)")
+
+
+def test_zip_missing_storage_entry_is_incomplete(tmp_path: Path) -> None:
+    source = save(tmp_path / "a.pt", {"w": torch.ones(8), "v": torch.ones(4)})
+    target = tmp_path / "b.pt"
+    with zipfile.ZipFile(source) as old, zipfile.ZipFile(target, "w") as new:
+        for info in old.infolist():
+            if not info.filename.endswith("data/1"):
+                new.writestr("b/" + info.filename.removeprefix("a/"), old.read(info))
+    check = formats.check_file(target)
+    assert not check.complete
+    assert "storage entries missing: 1" in check.reason
+
+
+def test_mmap_errno_becomes_readable_reason(tmp_path: Path) -> None:
+    path = cut(save(tmp_path / "a.pt", {"w": torch.zeros(10_000)}), 0.6)
+    with pytest.raises((OSError, RuntimeError)) as caught:
+        torch.load(path, mmap=True, weights_only=True)
+    reason = formats.explain_load_error(path, caught.value)
+    assert reason.startswith("truncated")
+    bare = OSError(errno.EINVAL, "Invalid argument")
+    assert formats.explain_load_error(path, bare).startswith("truncated")
+
+
+def test_legacy_file_falls_back_to_torch_load(tmp_path: Path) -> None:
+    path = save(tmp_path / "old.pth", tiny_state(), legacy=True)
+    check = formats.check_file(path)
+    assert check.format == formats.TORCH_LEGACY
+    assert check.complete, check.reason
+    assert any("torch.load(weights_only=True)" in note for note in check.notes)
+    assert set(check.tree) == {"weight", "bias"}
+
+
+def test_cut_legacy_file_is_truncated(tmp_path: Path) -> None:
+    path = save(tmp_path / "old.pth", {"w": torch.zeros(1000)}, legacy=True)
+    full = path.stat().st_size
+    cut(path, full - 100)
+    check = formats.check_file(path)
+    assert not check.complete
+    assert check.reason.startswith(f"truncated ({full - 100} of {full} bytes)")
+
+
+def test_safetensors_complete_and_cut(tmp_path: Path) -> None:
+    path = save_safetensors(tmp_path / "m.safetensors", tiny_state(), {"step": "40"})
+    check = formats.check_file(path)
+    assert check.complete, check.reason
+    assert check.metadata == {"step": "40"}
+    assert check.tree["weight"].shape == (2, 4)
+
+    full = path.stat().st_size
+    cut(path, full - 4)
+    check = formats.check_file(path)
+    assert check.reason.startswith(f"truncated ({full - 4} of {full} bytes)")
+
+
+def test_protocol_4_pickle_is_not_weights_only(tmp_path: Path) -> None:
+    path = tmp_path / "p4.pt"
+    torch.save({"w": torch.ones(2)}, path, pickle_protocol=4)
+    check = formats.check_file(path)
+    assert "FRAME" in check.load_error
+
+
+def test_numpy_values_are_sound_but_blocked(tmp_path: Path) -> None:
+    numpy = pytest.importorskip("numpy")
+    path = save(tmp_path / "np.pt", {"model": tiny_state(), "rng": {"numpy": numpy.random.get_state()}, "best": numpy.float64(0.5)})
+    check = formats.check_file(path)
+    assert check.complete, check.reason
+    assert "numpy.ndarray" in check.blocked
+    assert any(name.endswith("multiarray.scalar") for name in check.blocked)
+
+
+def test_peek_rejects_unknown_persistent_id() -> None:
+    data = b"\x80\x02X\x03\x00\x00\x00abc\x85Q."
+    with pytest.raises(PickleNotSupportedError):
+        peek_pickle(data)
+
+
+def test_trainer_folder_complete_and_partial(tmp_path: Path) -> None:
+    complete = formats.check_file(trainer_folder(tmp_path / "out" / "checkpoint-100", step=100))
+    assert complete.format == formats.DIRECTORY
+    assert complete.complete, complete.reason
+
+    partial_dir = trainer_folder(tmp_path / "out" / "checkpoint-200", step=200, parts=("weights",))
+    cut(partial_dir / "model.safetensors", 0.5)
+    partial = formats.check_file(partial_dir)
+    assert not partial.complete
+    assert "missing optimizer.pt" in partial.reason
+    assert "missing trainer_state.json" in partial.reason
+    assert "model.safetensors truncated" in partial.reason
