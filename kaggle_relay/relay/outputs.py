@@ -1,0 +1,297 @@
+"""Download the outputs of one kernel version, every page, with untrusted names checked.
+
+The client's ``kernels_output`` joins each listed name onto the destination
+itself and writes the run log as ``<slug>.log`` in the same folder, where an
+output of that name would overwrite it or be overwritten. So the relay lists
+the outputs through the RPC, checks every name before any byte is written,
+and downloads each URL itself through a session of the kaggle client.
+
+Layout of a harvest in ``dest``::
+
+    dest/output/<name as listed>     every accepted output file
+    dest/<slug>.log                  the run log, outside the outputs' namespace
+
+A name is refused (and reported in ``Outputs.refused``, with a warning)
+when it is absolute, has a drive letter, a backslash, an empty, ``.`` or
+``..`` part, or starts with the atomic-write prefix. The other files are
+downloaded; if ``relay-manifest.json`` names a file that did not arrive,
+refused or missing from the listing, the harvest fails with ManifestError,
+so a checkpoint cannot vanish silently.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path, PurePosixPath
+from typing import TYPE_CHECKING, Any
+
+import requests
+
+from kaggle_relay.errors import KaggleUnavailableError, ManifestError, UnsafeOutputPathError
+from kaggle_relay.relay import client, retry
+from kaggle_relay.relay.refs import KernelRef
+from kaggle_relay.runtime import atomic
+from kaggle_relay.runtime.manifest import MANIFEST_NAME, load_manifest
+
+if TYPE_CHECKING:
+    from kaggle.api.kaggle_api_extended import KaggleApi
+
+log = logging.getLogger(__name__)
+
+OUTPUT_FOLDER = "output"
+PAGE_SIZE = 200
+MAX_PAGES = 10_000
+_CHUNK = 1 << 20
+_DRIVE = re.compile(r"^[A-Za-z]:")
+
+
+@dataclass
+class Outputs:
+    """What a harvest wrote: the output folder, its files, the run log, and refused names."""
+
+    folder: Path
+    files: list[Path]
+    log_path: Path | None
+    refused: list[UnsafeOutputPathError] = field(default_factory=list)
+
+
+@dataclass(frozen=True)
+class ListedFile:
+    name: str
+    url: str
+
+
+def check_output_name(name: str) -> PurePosixPath:
+    """Return ``name`` as a relative path that stays inside the output folder, or raise."""
+    if not name:
+        raise UnsafeOutputPathError(name, "the name is empty")
+    if "\\" in name:
+        raise UnsafeOutputPathError(name, "it contains a backslash")
+    if _DRIVE.match(name):
+        raise UnsafeOutputPathError(name, "it starts with a drive letter")
+    if name.startswith("/"):
+        raise UnsafeOutputPathError(name, "it is an absolute path")
+    if "\x00" in name:
+        raise UnsafeOutputPathError(name, "it contains a NUL byte")
+    parts = name.split("/")
+    if any(part in ("", ".", "..") for part in parts):
+        raise UnsafeOutputPathError(name, "it has an empty, '.' or '..' part")
+    if any(atomic.is_temporary(part) for part in parts):
+        raise UnsafeOutputPathError(name, f"it starts with {atomic.TEMP_PREFIX!r}, reserved for unfinished writes")
+    return PurePosixPath(*parts)
+
+
+def download_outputs(
+    api: KaggleApi,
+    ref: KernelRef,
+    dest: Path,
+    *,
+    file_pattern: str | None = None,
+    progress: bool = False,
+) -> Outputs:
+    """Download the outputs of ``ref`` (which must carry its version) into ``dest``.
+
+    ``file_pattern`` is a regular expression searched in each name, as the
+    client's ``--file-pattern``; with it, the manifest check covers only the
+    names it matches.
+    """
+    ref.require_version()
+    listed, run_log = list_outputs(api, ref)
+    pattern = re.compile(file_pattern) if file_pattern else None
+    wanted = [item for item in listed if pattern is None or pattern.search(item.name)]
+
+    folder = dest / OUTPUT_FOLDER
+    accepted, refused = _split_by_name(wanted)
+    _remove_stale(folder, {str(path) for path, _ in accepted})
+    files = [_download(api, ref, item, folder, path, progress) for path, item in accepted]
+    log_path = _write_log(dest, ref, run_log)
+    outputs = Outputs(folder=folder, files=files, log_path=log_path, refused=refused)
+    check_manifest_arrived(outputs, pattern)
+    log.info("downloaded %d output files of %s into %s", len(files), ref, folder)
+    return outputs
+
+
+def list_outputs(api: KaggleApi, ref: KernelRef) -> tuple[list[ListedFile], str]:
+    """List every page of the outputs of ``ref``; return the files and the run log."""
+    files: list[ListedFile] = []
+    run_log = ""
+    token = ""
+    seen_tokens: set[str] = set()
+    for page in range(MAX_PAGES):
+        response = retry.run(
+            "read", "ListKernelSessionOutput", _list_page, api, ref, token, resource=str(ref)
+        )
+        if page == 0:
+            run_log = response.log or ""
+        files.extend(ListedFile(item.file_name or "", item.url or "") for item in response.files or [])
+        token = response.next_page_token or ""
+        if not token:
+            return files, run_log
+        if token in seen_tokens:
+            raise KaggleUnavailableError(
+                f"ListKernelSessionOutput for {ref} returned page token {token!r} twice",
+                call="ListKernelSessionOutput",
+                resource=str(ref),
+            )
+        seen_tokens.add(token)
+    raise KaggleUnavailableError(
+        f"ListKernelSessionOutput for {ref} returned more than {MAX_PAGES} pages",
+        call="ListKernelSessionOutput",
+        resource=str(ref),
+    )
+
+
+def _list_page(api: KaggleApi, ref: KernelRef, token: str) -> Any:
+    from kagglesdk.kernels.types.kernels_api_service import ApiListKernelSessionOutputRequest
+
+    request = ApiListKernelSessionOutputRequest()
+    request.user_name = ref.owner
+    request.kernel_slug = ref.slug
+    request.version_label = f"v{ref.require_version()}"
+    request.page_size = PAGE_SIZE
+    request.page_token = token
+    with api.build_kaggle_client() as kaggle:
+        return kaggle.kernels.kernels_api_client.list_kernel_session_output(request)
+
+
+def _split_by_name(
+    listed: list[ListedFile],
+) -> tuple[list[tuple[PurePosixPath, ListedFile]], list[UnsafeOutputPathError]]:
+    accepted: dict[PurePosixPath, ListedFile] = {}
+    refused: list[UnsafeOutputPathError] = []
+    for item in listed:
+        try:
+            path = check_output_name(item.name)
+            if path in accepted:
+                raise UnsafeOutputPathError(item.name, "the listing names it twice")
+        except UnsafeOutputPathError as unsafe:
+            refused.append(unsafe)
+            continue
+        accepted[path] = item
+    folders = {parent for path in accepted for parent in path.parents}
+    for path in [path for path in accepted if path in folders]:
+        refused.append(UnsafeOutputPathError(accepted.pop(path).name, "it is both a file and a folder in the listing"))
+    for error in refused:
+        log.warning("%s", error)
+    return list(accepted.items()), refused
+
+
+def _remove_stale(folder: Path, keep: set[str]) -> None:
+    """Remove files of an earlier harvest into the same folder that this listing lacks."""
+    if not folder.is_dir():
+        return
+    for path in sorted(folder.rglob("*"), reverse=True):
+        relative = path.relative_to(folder).as_posix()
+        if path.is_file() and relative not in keep:
+            log.warning("removing %s: not in this version's output listing", path)
+            path.unlink()
+        elif path.is_dir() and not any(path.iterdir()):
+            path.rmdir()
+
+
+def _download(
+    api: KaggleApi, ref: KernelRef, item: ListedFile, folder: Path, relative: PurePosixPath, progress: bool
+) -> Path:
+    target = folder.joinpath(*relative.parts)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    # A symlinked folder inside dest could still lead outside it; check the real path.
+    if not target.parent.resolve().is_relative_to(folder.resolve()):
+        raise UnsafeOutputPathError(item.name, f"its folder resolves outside {folder}")
+    retry.run("read", "download output", _fetch, api, item, target, progress, resource=f"{ref}:{item.name}")
+    return target
+
+
+def _fetch(api: KaggleApi, item: ListedFile, target: Path, progress: bool) -> None:
+    # session.send, unlike session.get, does not attach the session's Kaggle
+    # credentials, which must not go to a signed download URL.
+    session = client.http_session(api)
+    prepared = requests.Request("GET", item.url).prepare()
+    with session.send(prepared, stream=True) as response:
+        response.raise_for_status()
+        expected = response.headers.get("Content-Length")
+        written = 0
+        with atomic.atomic_write(target, "wb") as handle, _progress_bar(item.name, expected, progress) as advance:
+            for chunk in response.iter_content(_CHUNK):
+                handle.write(chunk)
+                written += len(chunk)
+                advance(len(chunk))
+            if expected is not None and written != int(expected):
+                raise requests.ConnectionError(
+                    f"{item.name}: received {written} of {expected} bytes; the download was cut"
+                )
+
+
+class _NoProgress:
+    def __enter__(self) -> Callable[[int], None]:
+        return lambda _: None
+
+    def __exit__(self, *exc: object) -> None:
+        return None
+
+
+def _progress_bar(name: str, total: str | None, enabled: bool) -> Any:
+    if not enabled:
+        return _NoProgress()
+    return _RichProgress(name, int(total) if total else None)
+
+
+class _RichProgress:
+    """A byte progress bar on stderr for one download."""
+
+    def __init__(self, name: str, total: int | None) -> None:
+        from rich.console import Console
+        from rich.progress import DownloadColumn, Progress, TransferSpeedColumn
+
+        self.progress = Progress(
+            *Progress.get_default_columns(), DownloadColumn(), TransferSpeedColumn(), console=Console(stderr=True)
+        )
+        self.task = self.progress.add_task(name, total=total)
+
+    def __enter__(self) -> Callable[[int], None]:
+        self.progress.start()
+        return lambda size: self.progress.advance(self.task, size)
+
+    def __exit__(self, *exc: object) -> None:
+        self.progress.stop()
+
+
+def _write_log(dest: Path, ref: KernelRef, run_log: str) -> Path | None:
+    if not run_log:
+        return None
+    path = dest / f"{ref.slug}.log"
+    atomic.write_text(path, run_log)
+    return path
+
+
+def check_manifest_arrived(outputs: Outputs, pattern: re.Pattern[str] | None = None) -> None:
+    """Raise ManifestError when a manifest among the outputs names a file that did not arrive."""
+    arrived = {path.resolve() for path in outputs.files}
+    for manifest_path in outputs.files:
+        if manifest_path.name != MANIFEST_NAME:
+            continue
+        manifest = load_manifest(manifest_path.parent)
+        if manifest is None:
+            continue
+        missing = [
+            entry.file
+            for entry in manifest.files
+            if (manifest_path.parent / entry.file).resolve() not in arrived
+            and (pattern is None or pattern.search(_output_name(outputs, manifest_path.parent / entry.file)))
+        ]
+        if missing:
+            refused = ", ".join(repr(error.name) for error in outputs.refused) or "none"
+            raise ManifestError(
+                str(manifest_path),
+                f"lists {len(missing)} file(s) that did not arrive: {', '.join(missing)} "
+                f"(refused names: {refused})",
+            )
+
+
+def _output_name(outputs: Outputs, path: Path) -> str:
+    try:
+        return path.resolve().relative_to(outputs.folder.resolve()).as_posix()
+    except ValueError:
+        return path.name
