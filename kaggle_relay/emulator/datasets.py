@@ -163,10 +163,10 @@ class Datasets:
         files = self._files_for(dataset, number)
         name = body.get("fileName")
         if not name:
-            return self.emulator.files.url("z", ref, number, 0)
+            return self.emulator.files.url("z", ref, number, 0, f"{dataset['slug']}.zip")
         for index, entry in enumerate(files):
             if entry["name"] == name:
-                return self.emulator.files.url("d", ref, number, index)
+                return self.emulator.files.url("d", ref, number, index, name)
         raise ApiError(404, f"File {name!r} not found in dataset {ref} version {number}")
 
     # --- helpers used by kernels, mounts and downloads -----------------------

@@ -84,7 +84,10 @@ class Kernels:
         version = self._requested_version(user, body)
         ref = f"{body['userName']}/{body['kernelSlug']}"
         files = [
-            {"url": self.emulator.files.url("k", ref, version["number"], index), "fileName": entry["name"]}
+            {
+                "url": self.emulator.files.url("k", ref, version["number"], index, entry["name"]),
+                "fileName": entry["name"],
+            }
             for index, entry in enumerate(version.get("outputs", []))
         ]
         chunk, token = page(files, body, self.emulator.config.output_page_cap)

@@ -7,7 +7,7 @@ Uploads follow the resumable protocol the client speaks (GCS style): a
 byte arrived), 404 for an unknown token; a ``PUT`` with
 ``Content-Range: bytes <start>-<end>/<size>`` appends from ``start``.
 
-Download URLs (``/_emulator/files/<kind>/<owner>/<slug>/<version>/<index>``)
+Download URLs (``/_emulator/files/<kind>/<owner>/<slug>/<version>/<index>/<name>``)
 need no authentication, like Kaggle's signed URLs. Kinds: ``k`` a kernel
 output entry, ``d`` a dataset file, ``z`` a whole dataset version as a zip.
 """
@@ -140,12 +140,14 @@ class Files:
     def __init__(self, emulator: Emulator) -> None:
         self.emulator = emulator
 
-    def url(self, kind: str, ref: str, number: int | None, index: int) -> str:
-        return f"{self.emulator.url}/_emulator/files/{kind}/{quote(ref)}/{number or 0}/{index}"
+    def url(self, kind: str, ref: str, number: int | None, index: int, name: str) -> str:
+        """The download URL of a file. It ends with the file's base name, which the client reads."""
+        base_name = quote(name.replace("\\", "/").rstrip("/").split("/")[-1] or "file", safe="")
+        return f"{self.emulator.url}/_emulator/files/{kind}/{quote(ref)}/{number or 0}/{index}/{base_name}"
 
     def path_for(self, route: str) -> Path:
-        """Return the file behind ``<kind>/<owner>/<slug>/<version>/<index>``, or raise 404."""
-        parts = route.split("/")
+        """Return the file behind ``<kind>/<owner>/<slug>/<version>/<index>/<name>``, or raise 404."""
+        parts = route.split("/")[:5]
         if len(parts) != 5 or not parts[3].isdigit() or not parts[4].isdigit():
             raise ApiError(404, "No such file")
         kind, ref, number, index = parts[0], f"{parts[1]}/{parts[2]}", int(parts[3]), int(parts[4])
