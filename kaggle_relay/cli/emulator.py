@@ -28,9 +28,15 @@ def add_parser(subparsers: Any) -> None:
         help="serve until SIGINT or SIGTERM; prints the endpoint URL first",
         description="Serve the emulator. The first line of stdout is its endpoint URL.",
     )
-    serve.add_argument("--host", default="127.0.0.1", help="loopback address to bind (default 127.0.0.1)")
-    serve.add_argument("--port", type=int, default=0, help="TCP port; 0 takes a free one (default 0)")
-    serve.add_argument("--data", required=True, help="folder for the emulator's state, blobs and runs")
+    serve.add_argument(
+        "--host", default="127.0.0.1", help="loopback address to bind (default 127.0.0.1)"
+    )
+    serve.add_argument(
+        "--port", type=int, default=0, help="TCP port; 0 takes a free one (default 0)"
+    )
+    serve.add_argument(
+        "--data", required=True, help="folder for the emulator's state, blobs and runs"
+    )
     serve.add_argument(
         "--session-limit",
         type=float,
@@ -82,7 +88,9 @@ def _pairs(values: list[str], option: str) -> dict[str, str]:
     for value in values:
         first, sep, second = value.partition(":")
         if not sep or not first or not second:
-            raise ConfigError(f"invalid {option} {value!r}: expected two values joined by ':'", field=option)
+            raise ConfigError(
+                f"invalid {option} {value!r}: expected two values joined by ':'", field=option
+            )
         pairs[first] = second
     return pairs
 

@@ -213,7 +213,9 @@ class Datasets:
 
     # --- internals ----------------------------------------------------------
 
-    def _create_version(self, user: str, ref: str, body: dict[str, Any], route: str) -> dict[str, Any]:
+    def _create_version(
+        self, user: str, ref: str, body: dict[str, Any], route: str
+    ) -> dict[str, Any]:
         owner = ref.split("/")[0]
         with self.store.lock:
             dataset = self.store.datasets.get(ref)
@@ -235,13 +237,17 @@ class Datasets:
             fails = self.emulator.faults.take(route, version_failed=True) is not None
             number = len(dataset["versions"]) + 1
             files = self._take_files(body.get("files", []), ref, number)
-            dataset["versions"].append(self._new_version(number, body.get("versionNotes") or "", files, fails))
+            dataset["versions"].append(
+                self._new_version(number, body.get("versionNotes") or "", files, fails)
+            )
             for key in ("subtitle", "description"):
                 if body.get(key):
                     dataset[key] = body[key]
         return {"ref": ref, "url": f"{self.emulator.url}/datasets/{ref}", "status": "ok"}
 
-    def _new_version(self, number: int, notes: str, files: list[dict[str, Any]], fails: bool) -> dict[str, Any]:
+    def _new_version(
+        self, number: int, notes: str, files: list[dict[str, Any]], fails: bool
+    ) -> dict[str, Any]:
         return {
             "number": number,
             "notes": notes,
@@ -251,7 +257,9 @@ class Datasets:
             "files": files,
         }
 
-    def _take_files(self, new_files: list[dict[str, Any]], ref: str, number: int) -> list[dict[str, Any]]:
+    def _take_files(
+        self, new_files: list[dict[str, Any]], ref: str, number: int
+    ) -> list[dict[str, Any]]:
         if not new_files:
             raise ApiError(400, "A dataset version needs at least one file")
         folder = self.store.data_dir / "datasets" / ref / f"v{number}"
@@ -313,7 +321,9 @@ class Datasets:
         if requested:
             number = int(requested)
             if not 1 <= number <= len(dataset["versions"]):
-                raise ApiError(404, f"Dataset {dataset['owner']}/{dataset['slug']} has no version {number}")
+                raise ApiError(
+                    404, f"Dataset {dataset['owner']}/{dataset['slug']} has no version {number}"
+                )
             return number
         for version in reversed(dataset["versions"]):
             if self._status(version) == "READY":

@@ -89,7 +89,9 @@ class Faults:
         """
         with self._lock:
             for fault in self._faults:
-                if (fault.kind == "version-failed") == version_failed and self._matches(fault, route):
+                if (fault.kind == "version-failed") == version_failed and self._matches(
+                    fault, route
+                ):
                     fault.times -= 1
                     if fault.times == 0:
                         self._faults.remove(fault)

@@ -97,7 +97,9 @@ class Handler(BaseHTTPRequestHandler):
         try:
             action()
         except ApiError as error:
-            self._send_json(error.status, {"code": error.status, "message": error.message}, error.headers)
+            self._send_json(
+                error.status, {"code": error.status, "message": error.message}, error.headers
+            )
         except (BrokenPipeError, ConnectionResetError):
             self.close_connection = True
         except Exception as error:  # answer 500 like a real server, and keep serving
@@ -167,7 +169,9 @@ class Handler(BaseHTTPRequestHandler):
         status, headers = self.emulator.uploads.put(
             token, self.headers.get("Content-Range"), self._body_chunks(), keep_half
         )
-        self._send_json(status, {} if status < 400 else {"code": status, "message": "upload rejected"}, headers)
+        self._send_json(
+            status, {} if status < 400 else {"code": status, "message": "upload rejected"}, headers
+        )
 
     def _download(self) -> None:
         route = self.path[len(ADMIN_PREFIX + "files/") :].split("?")[0]
@@ -226,7 +230,9 @@ class Handler(BaseHTTPRequestHandler):
         start = int(first)
         end = min(int(last), size - 1) if last.isdigit() else size - 1
         if start >= size or start > end:
-            raise ApiError(416, f"Range {header} not satisfiable", headers={"Content-Range": f"bytes */{size}"})
+            raise ApiError(
+                416, f"Range {header} not satisfiable", headers={"Content-Range": f"bytes */{size}"}
+            )
         return start, end
 
     # --- admin --------------------------------------------------------------
@@ -293,7 +299,9 @@ class Handler(BaseHTTPRequestHandler):
         headers = {}
         if fault.retry_after is not None:
             headers["Retry-After"] = f"{fault.retry_after:g}"
-        message = {429: "Too many requests", 500: "Internal error", 503: "Service unavailable"}[status]
+        message = {429: "Too many requests", 500: "Internal error", 503: "Service unavailable"}[
+            status
+        ]
         self._send_json(status, {"code": status, "message": f"{message} (injected fault)"}, headers)
         return True
 
@@ -334,7 +342,9 @@ class Handler(BaseHTTPRequestHandler):
         for _ in self._body_chunks():
             pass
 
-    def _send_json(self, status: int, body: dict[str, Any], headers: dict[str, str] | None = None) -> None:
+    def _send_json(
+        self, status: int, body: dict[str, Any], headers: dict[str, str] | None = None
+    ) -> None:
         data = json.dumps(body).encode("utf-8")
         self.send_response(status)
         self.send_header("Content-Type", "application/json")

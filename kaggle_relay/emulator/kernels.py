@@ -181,7 +181,9 @@ class Kernels:
             "invalidModelSources": list(body.get("modelDataSources", [])),
         }
         settings["dataset_sources"] = self._valid_sources(
-            body.get("datasetDataSources", []), self.emulator.datasets.exists, invalid["invalidDatasetSources"]
+            body.get("datasetDataSources", []),
+            self.emulator.datasets.exists,
+            invalid["invalidDatasetSources"],
         )
         settings["kernel_sources"] = self._valid_sources(
             body.get("kernelDataSources", []), self.exists, invalid["invalidKernelSources"]
@@ -242,7 +244,9 @@ class Kernels:
         return None
 
     @staticmethod
-    def _new_version(kernel: dict[str, Any], settings: dict[str, Any], quick_save: bool) -> dict[str, Any]:
+    def _new_version(
+        kernel: dict[str, Any], settings: dict[str, Any], quick_save: bool
+    ) -> dict[str, Any]:
         # A quick save stores the source without running it, so it has no session and no output.
         version = {
             "number": len(kernel["versions"]) + 1,
@@ -352,5 +356,7 @@ class Kernels:
                 for version in kernel["versions"]:
                     if version["status"] in ACTIVE_STATUSES:
                         version["status"] = "ERROR"
-                        version["failure_message"] = "the emulator restarted while this version was running"
+                        version["failure_message"] = (
+                            "the emulator restarted while this version was running"
+                        )
                         version["ended"] = now()

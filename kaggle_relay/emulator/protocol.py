@@ -7,7 +7,14 @@ import time
 from datetime import datetime, timezone
 from email.utils import formatdate
 
-KERNEL_STATUSES = ("QUEUED", "RUNNING", "COMPLETE", "ERROR", "CANCEL_REQUESTED", "CANCEL_ACKNOWLEDGED")
+KERNEL_STATUSES = (
+    "QUEUED",
+    "RUNNING",
+    "COMPLETE",
+    "ERROR",
+    "CANCEL_REQUESTED",
+    "CANCEL_ACKNOWLEDGED",
+)
 KERNEL_END_STATUSES = ("COMPLETE", "ERROR", "CANCEL_ACKNOWLEDGED")
 
 

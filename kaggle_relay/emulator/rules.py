@@ -103,6 +103,7 @@ def machine_shape(name: str | None) -> str | None:
     canonical = MACHINE_SHAPES.get(name.lower())
     if canonical is None:
         raise ApiError(
-            400, f"Invalid machine shape {name!r}; valid shapes: {', '.join(MACHINE_SHAPES.values())}"
+            400,
+            f"Invalid machine shape {name!r}; valid shapes: {', '.join(MACHINE_SHAPES.values())}",
         )
     return None if canonical == "None" else canonical

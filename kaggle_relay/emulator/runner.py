@@ -104,7 +104,11 @@ class RunLog:
         self.lock = threading.Lock()
 
     def add(self, stream: str, text: str) -> None:
-        entry = {"stream_name": stream, "time": round(time.monotonic() - self.started, 3), "data": text}
+        entry = {
+            "stream_name": stream,
+            "time": round(time.monotonic() - self.started, 3),
+            "data": text,
+        }
         with self.lock:
             self.entries.append(entry)
 
@@ -156,7 +160,9 @@ class Runner:
         run = Run(ref, number, folder, limit)
         with self.lock:
             self.runs[(ref, number)] = run
-        thread = threading.Thread(target=self._run, args=(run,), name=f"run-{ref}-v{number}", daemon=True)
+        thread = threading.Thread(
+            target=self._run, args=(run,), name=f"run-{ref}-v{number}", daemon=True
+        )
         thread.start()
 
     def stop_all(self) -> None:
@@ -221,7 +227,13 @@ class Runner:
             isolation = source_dir / "isolation.py"
             write_text(isolation, ISOLATION_CODE)
             executed = run.folder / "executed.ipynb"
-            return [sys.executable, notebook_exec.__file__, str(notebook), str(executed), str(isolation)]
+            return [
+                sys.executable,
+                notebook_exec.__file__,
+                str(notebook),
+                str(executed),
+                str(isolation),
+            ]
         script = source_dir / f"{slug}.py"
         write_text(script, version["text"])
         return [sys.executable, "-u", "-c", SCRIPT_BOOTSTRAP, str(script)]

@@ -59,7 +59,9 @@ class Emulator:
         http.emulator = self
         self._http = http
         self.url = f"http://{self.config.host}:{http.server_address[1]}"
-        self._thread = threading.Thread(target=http.serve_forever, name="emulator-http", daemon=True)
+        self._thread = threading.Thread(
+            target=http.serve_forever, name="emulator-http", daemon=True
+        )
         self._thread.start()
         log.info("Kaggle API emulator serving %s from %s", self.url, self.config.data_dir)
         return self

@@ -95,7 +95,10 @@ class Uploads:
             return 0, True
         start = int(match.group(1))
         if start > path.stat().st_size:
-            raise ApiError(400, f"Content-Range starts at {start}, past the {path.stat().st_size} bytes received")
+            raise ApiError(
+                400,
+                f"Content-Range starts at {start}, past the {path.stat().st_size} bytes received",
+            )
         return start, False
 
     @staticmethod
@@ -112,7 +115,9 @@ class Uploads:
                 written += len(chunk)
         return start + written
 
-    def _progress(self, token: str, upload: dict[str, Any], path: Path) -> tuple[int, dict[str, str]]:
+    def _progress(
+        self, token: str, upload: dict[str, Any], path: Path
+    ) -> tuple[int, dict[str, str]]:
         received = path.stat().st_size
         if received == upload["size"]:
             if not upload["complete"]:

@@ -49,7 +49,11 @@ def notebook(*cells: str, kernelspec: bool = True) -> str:
     """A minimal nbformat 4 notebook with one code cell per source string."""
     metadata: dict[str, Any] = {"language_info": {"name": "python"}}
     if kernelspec:
-        metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3", "language": "python"}
+        metadata["kernelspec"] = {
+            "name": "python3",
+            "display_name": "Python 3",
+            "language": "python",
+        }
     return json.dumps(
         {
             "nbformat": 4,

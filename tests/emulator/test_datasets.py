@@ -72,9 +72,13 @@ def test_new_dataset_processes_then_is_ready(kaggle_api, tmp_path: Path) -> None
 
 
 def test_three_versions_with_subfolders_in_zip_mode(kaggle_api, tmp_path: Path) -> None:
-    create(kaggle_api, tmp_path, {"ckpt/step_1/model.pt": "1", "tokenizer.json": "{}"}, dir_mode="zip")
+    create(
+        kaggle_api, tmp_path, {"ckpt/step_1/model.pt": "1", "tokenizer.json": "{}"}, dir_mode="zip"
+    )
     wait_for_dataset(kaggle_api, DATASET)
-    new_version(kaggle_api, tmp_path, {"ckpt/step_2/model.pt": "2", "tokenizer.json": "{}"}, "run-b day 2")
+    new_version(
+        kaggle_api, tmp_path, {"ckpt/step_2/model.pt": "2", "tokenizer.json": "{}"}, "run-b day 2"
+    )
     wait_for_dataset(kaggle_api, DATASET)
     new_version(kaggle_api, tmp_path, {"ckpt/step_3/model.pt": "3"}, "run-b day 3", dir_mode="tar")
     wait_for_dataset(kaggle_api, DATASET)
@@ -91,7 +95,11 @@ def test_three_versions_with_subfolders_in_zip_mode(kaggle_api, tmp_path: Path) 
     with client:
         dataset = client.datasets.dataset_api_client.get_dataset(request)
     assert dataset.current_version_number == 3
-    assert [v.version_notes for v in dataset.versions] == ["Initial release", "run-b day 2", "run-b day 3"]
+    assert [v.version_notes for v in dataset.versions] == [
+        "Initial release",
+        "run-b day 2",
+        "run-b day 3",
+    ]
 
 
 def test_default_dir_mode_drops_subfolders(kaggle_api, tmp_path: Path) -> None:
@@ -142,14 +150,19 @@ def test_kernel_output_is_mounted_with_its_marker(kaggle_api, tmp_path: Path) ->
     producer = kernel_folder(tmp_path, "producer", "open('ckpt.txt', 'w').write('state')\n")
     kaggle_api.kernels_push(str(producer))
     wait_for_kernel(kaggle_api, f"{EMULATOR_USER}/producer")
-    folder = kernel_folder(tmp_path, "consumer", LIST_INPUT, kernel_sources=[f"{EMULATOR_USER}/producer"])
+    folder = kernel_folder(
+        tmp_path, "consumer", LIST_INPUT, kernel_sources=[f"{EMULATOR_USER}/producer"]
+    )
     kaggle_api.kernels_push(str(folder))
     wait_for_kernel(kaggle_api, f"{EMULATOR_USER}/consumer")
     kaggle_api.kernels_output(f"{EMULATOR_USER}/consumer", str(tmp_path / "out"))
     inputs = json.loads((tmp_path / "out" / "inputs.json").read_text())
 
     assert inputs["producer/ckpt.txt"] == "state"
-    assert json.loads(inputs["producer/__output__.json"]) == {"kernel": f"{EMULATOR_USER}/producer", "version": 1}
+    assert json.loads(inputs["producer/__output__.json"]) == {
+        "kernel": f"{EMULATOR_USER}/producer",
+        "version": 1,
+    }
 
 
 def test_nested_layout_and_read_only_inputs(kaggle_api, tmp_path: Path, emulator) -> None:
@@ -210,7 +223,9 @@ def test_metadata_round_trip(kaggle_api, tmp_path: Path) -> None:
         ({"licenses": [{"name": "made-up-license"}]}, "Unknown license"),
     ],
 )
-def test_dataset_rules_the_client_does_not_check(kaggle_api, tmp_path: Path, metadata, message) -> None:
+def test_dataset_rules_the_client_does_not_check(
+    kaggle_api, tmp_path: Path, metadata, message
+) -> None:
     folder = dataset_folder(tmp_path, "handoff-data", {"a.txt": "a"}, **metadata)
     answer = kaggle_api.dataset_create_new(str(folder), quiet=True)
 
@@ -219,7 +234,9 @@ def test_dataset_rules_the_client_does_not_check(kaggle_api, tmp_path: Path, met
 
 
 def test_dataset_for_another_owner_is_forbidden(kaggle_api, tmp_path: Path) -> None:
-    folder = dataset_folder(tmp_path, "handoff-data", {"a.txt": "a"}, id="someone-else/handoff-data")
+    folder = dataset_folder(
+        tmp_path, "handoff-data", {"a.txt": "a"}, id="someone-else/handoff-data"
+    )
 
     with pytest.raises(HTTPError) as raised:
         kaggle_api.dataset_create_new(str(folder), quiet=True)

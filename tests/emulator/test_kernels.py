@@ -66,7 +66,9 @@ def test_each_push_makes_a_new_version(kaggle_api, tmp_path: Path) -> None:
     assert "two" in kaggle_api.kernels_logs(KERNEL)
 
 
-def test_kernel_sees_kaggle_environment_and_not_our_package(kaggle_api, tmp_path: Path, monkeypatch) -> None:
+def test_kernel_sees_kaggle_environment_and_not_our_package(
+    kaggle_api, tmp_path: Path, monkeypatch
+) -> None:
     monkeypatch.setenv("PYTHONPATH", str(Path.cwd()))
     code = """\
 import json, os, sys
@@ -109,7 +111,9 @@ def test_nonzero_exit_ends_error_and_keeps_outputs(kaggle_api, tmp_path: Path) -
     assert "boom" in (tmp_path / "out" / "failing-kernel.log").read_text()
 
 
-def test_session_limit_ends_cancel_acknowledged_and_drops_outputs(kaggle_api, tmp_path: Path) -> None:
+def test_session_limit_ends_cancel_acknowledged_and_drops_outputs(
+    kaggle_api, tmp_path: Path
+) -> None:
     push(kaggle_api, tmp_path, "sleepy-kernel", SLEEPER, timeout="1")
     final = wait_for_kernel(kaggle_api, f"{EMULATOR_USER}/sleepy-kernel")
 
@@ -132,7 +136,9 @@ def test_sigterm_ignored_is_killed_after_grace(kaggle_api, tmp_path: Path) -> No
     assert "timed out" in log
 
 
-def test_keep_killed_outputs_flag_keeps_files(tmp_path: Path, _isolated_kaggle_config: Path) -> None:
+def test_keep_killed_outputs_flag_keeps_files(
+    tmp_path: Path, _isolated_kaggle_config: Path
+) -> None:
     config = EmulatorConfig(
         data_dir=tmp_path / "data",
         kill_grace=1.0,
@@ -169,7 +175,11 @@ def test_status_of_a_bare_version_number_is_not_found(kaggle_api, tmp_path: Path
     from kagglesdk.kernels.types.kernels_api_service import ApiGetKernelSessionStatusRequest
 
     request = ApiGetKernelSessionStatusRequest()
-    request.user_name, request.kernel_slug, request.version_label = EMULATOR_USER, "hello-kernel", "1"
+    request.user_name, request.kernel_slug, request.version_label = (
+        EMULATOR_USER,
+        "hello-kernel",
+        "1",
+    )
     with client, pytest.raises(HTTPError) as raised:
         client.kernels.kernels_api_client.get_kernel_session_status(request)
 
@@ -201,7 +211,9 @@ def test_outputs_come_in_pages(kaggle_api, tmp_path: Path, emulator) -> None:
     first_page, token = kaggle_api.kernels_output(
         f"{EMULATOR_USER}/many-outputs", str(tmp_path / "page"), page_token="", page_size=50
     )
-    everything, last = kaggle_api.kernels_output(f"{EMULATOR_USER}/many-outputs", str(tmp_path / "all"))
+    everything, last = kaggle_api.kernels_output(
+        f"{EMULATOR_USER}/many-outputs", str(tmp_path / "all")
+    )
 
     assert len(first_page) == 10
     assert token == "10"
@@ -229,7 +241,9 @@ def test_hostile_output_names_are_listed(kaggle_api, tmp_path: Path, emulator) -
 
 
 @pytest.mark.parametrize("name", ["/tmp/abs.txt", "a\\b.pt", "hello-kernel.log"])
-def test_other_hostile_names_and_what_the_client_does(kaggle_api, tmp_path: Path, emulator, name: str) -> None:
+def test_other_hostile_names_and_what_the_client_does(
+    kaggle_api, tmp_path: Path, emulator, name: str
+) -> None:
     push(kaggle_api, tmp_path, "hello-kernel", "print('log line')\n")
     wait_for_kernel(kaggle_api, KERNEL)
     emulator.add_output(KERNEL, 1, name, b"hostile")
