@@ -179,7 +179,7 @@ def describe_importable(name: str) -> str:
                 )
             continue
         if _module_on_path(module_name):
-            return "importable (module found, not imported)"
+            return "importable: module found, not imported"
     return f"not importable: no module found for {name}"
 
 

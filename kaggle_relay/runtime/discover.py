@@ -1,0 +1,201 @@
+"""Checkpoint locations of a Kaggle session, and a fast walk over the files that match patterns.
+
+Sources:
+
+- ``working``: ``<root>/working``, the session's writable folder.
+- ``input_dataset``: a dataset mounted under ``<root>/input`` as
+  ``<slug>/``, ``d/<owner>/<slug>/`` or ``datasets/<owner>/<slug>/``.
+- ``notebook_output``: a previous notebook's output under ``<root>/input``,
+  either ``notebooks/<owner>/<slug>/`` or flat ``<slug>/`` with one of the
+  marker files Kaggle writes at its top (``__notebook__.ipynb``,
+  ``__results__.html``, ``__output__.json``, ``__script__.py``).
+
+The root is ``KAGGLE_RELAY_KAGGLE_ROOT`` when set, else ``/kaggle``. A flat
+input whose name is ``d``, ``datasets`` or ``notebooks`` is read as the
+nested layout, never as a dataset of that name.
+
+The walk goes at most ``MAX_DEPTH`` folders below each location, skips
+unfinished writes (``.relay-tmp-*``) and hidden folders, and never enters a
+Trainer ``checkpoint-N`` folder: the folder itself is the candidate.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import json
+import logging
+import os
+import re
+from collections.abc import Iterable, Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+from kaggle_relay.runtime.atomic import TEMP_PREFIX
+from kaggle_relay.runtime.manifest import MANIFEST_NAME, Manifest, load_manifest
+from kaggle_relay.runtime.trust import INPUT_DATASET, NOTEBOOK_OUTPUT, WORKING
+
+log = logging.getLogger(__name__)
+
+ROOT_ENV = "KAGGLE_RELAY_KAGGLE_ROOT"
+DEFAULT_ROOT = "/kaggle"
+NOTEBOOK_MARKERS = ("__notebook__.ipynb", "__results__.html", "__output__.json", "__script__.py")
+# Folders below a location's top that the walk enters. A user upload such as
+# outputs/run-3/checkpoints/epoch=2.ckpt is 3 deep.
+MAX_DEPTH = 6
+_NESTED_LAYOUTS = {"d": INPUT_DATASET, "datasets": INPUT_DATASET, "notebooks": NOTEBOOK_OUTPUT}
+_TRAINER_DIR = re.compile(r"checkpoint-\d+$")
+
+
+@dataclass(frozen=True)
+class Location:
+    """A folder that may hold checkpoints, with its source and the owner/slug its mount path shows."""
+
+    path: Path
+    source: str
+    owner: str = ""
+    slug: str = ""
+
+    @property
+    def dataset(self) -> str:
+        """Return "owner/slug", or the slug alone when the mount path does not show the owner."""
+        if self.owner and self.slug:
+            return f"{self.owner}/{self.slug}"
+        return self.slug
+
+
+def kaggle_root() -> Path:
+    """Return the folder that contains ``working/`` and ``input/``."""
+    return Path(os.environ.get(ROOT_ENV) or DEFAULT_ROOT)
+
+
+def list_locations(root: str | os.PathLike[str] | None = None) -> list[Location]:
+    """List the checkpoint locations under a Kaggle-shaped ``root`` (default ``kaggle_root()``).
+
+    Working comes first, then inputs sorted by path, so the order is stable.
+    """
+    root = Path(root) if root is not None else kaggle_root()
+    locations = []
+    working = root / "working"
+    if working.is_dir():
+        locations.append(Location(working, WORKING))
+    locations.extend(sorted(_input_locations(root / "input"), key=lambda location: str(location.path)))
+    return locations
+
+
+def _input_locations(inputs: Path) -> Iterator[Location]:
+    for entry in _subfolders(inputs):
+        source = _NESTED_LAYOUTS.get(entry.name)
+        if source is None:
+            yield _flat_location(Path(entry.path))
+            continue
+        for owner in _subfolders(Path(entry.path)):
+            for slug in _subfolders(Path(owner.path)):
+                yield Location(Path(slug.path), source, owner.name, slug.name)
+
+
+def _subfolders(folder: Path) -> list[os.DirEntry[str]]:
+    try:
+        with os.scandir(folder) as entries:
+            return sorted((e for e in entries if e.is_dir() and not e.name.startswith(".")), key=lambda e: e.name)
+    except OSError:
+        return []
+
+
+def _flat_location(folder: Path) -> Location:
+    markers = [name for name in NOTEBOOK_MARKERS if (folder / name).exists()]
+    if not markers:
+        return Location(folder, INPUT_DATASET, slug=folder.name)
+    owner, slug = "", folder.name
+    if "__output__.json" in markers:
+        owner, slug = _kernel_from_output_json(folder / "__output__.json", slug)
+    return Location(folder, NOTEBOOK_OUTPUT, owner, slug)
+
+
+def _kernel_from_output_json(path: Path, slug: str) -> tuple[str, str]:
+    try:
+        kernel = str(json.loads(path.read_text(encoding="utf-8")).get("kernel", ""))
+    except (OSError, ValueError, AttributeError) as exc:
+        log.debug("ignoring unreadable %s: %s", path, exc)
+        return "", slug
+    owner, _, name = kernel.partition("/")
+    return (owner, name) if owner and name else ("", slug)
+
+
+def locations_for(roots: Iterable[str | os.PathLike[str] | Location] | None) -> list[Location]:
+    """Turn scan roots into locations: a Kaggle-shaped root is expanded, any other folder is ``working``."""
+    if roots is None:
+        return list_locations()
+    locations: list[Location] = []
+    for root in roots:
+        if isinstance(root, Location):
+            locations.append(root)
+            continue
+        path = Path(root)
+        if (path / "working").is_dir() or (path / "input").is_dir():
+            locations.extend(list_locations(path))
+        else:
+            locations.append(Location(path, WORKING))
+    return locations
+
+
+# --- the walk -------------------------------------------------------------------
+
+
+class PatternSet:
+    """Glob patterns matched against a file name, or against the path relative to the location when they contain "/"."""
+
+    def __init__(self, patterns: Sequence[str]) -> None:
+        names = [fnmatch.translate(p) for p in patterns if "/" not in p]
+        paths = [fnmatch.translate(p) for p in patterns if "/" in p]
+        self._name = re.compile("|".join(names)).match if names else None
+        self._path = re.compile("|".join(paths)).match if paths else None
+
+    def matches(self, name: str, relative: str) -> bool:
+        if self._name is not None and self._name(name):
+            return True
+        return self._path is not None and self._path(relative) is not None
+
+
+def iter_candidates(
+    locations: Iterable[Location], patterns: Sequence[str], *, max_depth: int = MAX_DEPTH
+) -> Iterator[tuple[Location, str]]:
+    """Yield (location, path) for every file or Trainer folder whose name matches ``patterns``."""
+    matcher = PatternSet(patterns)
+    for location in locations:
+        yield from ((location, path) for path in _walk(str(location.path), "", matcher, max_depth))
+
+
+def _walk(folder: str, relative: str, matcher: PatternSet, depth_left: int) -> Iterator[str]:
+    try:
+        with os.scandir(folder) as listing:
+            entries = sorted(listing, key=lambda entry: entry.name)
+    except OSError as exc:
+        log.debug("cannot list %s: %s", folder, exc)
+        return
+    for entry in entries:
+        name = entry.name
+        if name.startswith(TEMP_PREFIX):
+            continue
+        inner = f"{relative}{name}"
+        try:
+            is_dir = entry.is_dir()
+        except OSError:
+            continue
+        # A Trainer checkpoint folder is one candidate, so the walk never enters it.
+        if not is_dir or _TRAINER_DIR.match(name):
+            if matcher.matches(name, inner):
+                yield entry.path
+        elif depth_left > 0 and not name.startswith("."):
+            yield from _walk(entry.path, inner + "/", matcher, depth_left - 1)
+
+
+def iter_manifests(locations: Iterable[Location], *, max_depth: int = MAX_DEPTH) -> Iterator[tuple[Location, Manifest]]:
+    """Yield every readable manifest under the locations, with its location (unreadable ones are logged)."""
+    for location, path in iter_candidates(locations, [MANIFEST_NAME], max_depth=max_depth):
+        try:
+            manifest = load_manifest(os.path.dirname(path))
+        except ValueError as exc:
+            log.warning("ignoring manifest %s: %s", path, exc)
+            continue
+        if manifest is not None:
+            yield location, manifest
