@@ -57,7 +57,7 @@ def load_data() -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor,
         generator = torch.Generator().manual_seed(0)
         prototypes = torch.rand(10, 64, generator=generator)
         labels = torch.arange(1800) % 10
-        features = prototypes[labels] + 0.35 * torch.randn(1800, 64, generator=generator)
+        features = prototypes[labels] + 0.9 * torch.randn(1800, 64, generator=generator)
         name = "synthetic digits (scikit-learn not installed)"
     order = torch.randperm(len(labels), generator=torch.Generator().manual_seed(1))
     features, labels = features[order], labels[order]

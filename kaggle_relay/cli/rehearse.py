@@ -1,0 +1,342 @@
+"""``kaggle-relay rehearse``: the whole relay loop offline, on the local emulator, with short sessions.
+
+The emulator runs as a subprocess on 127.0.0.1 (``kaggle-relay emulator
+serve``) with a short session limit. The project is copied into a
+rehearsal folder, so the real project's ``.relay/`` ledger is never
+touched, and throwaway credentials for the emulator go into a private
+KAGGLE_CONFIG_DIR. ``--demo`` first writes the demo project from the
+templates and, at the end, trains the same model uninterrupted with the
+same seed and compares the two final models tensor for tensor.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+from kaggle_relay.cli import exitcodes
+from kaggle_relay.errors import ConfigError, RelayError
+
+REHEARSAL_KEY = "rehearsal-key"
+DEMO_EPOCHS = 12
+# With at most 12 / 2 = 6 epochs per 12 s session, minus the start-up time, the demo needs 3 or more sessions.
+DEMO_EPOCH_SECONDS = 2.0
+DEMO_SESSION_LIMIT = 12.0
+
+HELP = f"""Run the relay loop offline: start the Kaggle API emulator on 127.0.0.1 with
+a short session limit, advance every chain with next-day --wait until it is
+done, and print each day. The project is copied first, so its own .relay/
+ledger is not touched, and the emulator gets throwaway credentials.
+--demo writes the demo project (a tiny digit classifier) and compares the
+relayed model with the same training run uninterrupted.
+
+{exitcodes.HELP}"""
+
+
+def add_parser(subparsers: Any) -> None:
+    parser = subparsers.add_parser(
+        "rehearse", help="run the whole loop offline on the emulator", description=HELP,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("--demo", action="store_true", help="write and run the demo project")
+    parser.add_argument("--dir", type=Path, help="project folder (default: . ; with --demo: ./demo)")
+    parser.add_argument("--session-limit", type=float,
+                        help="session length of each emulated run in seconds (default: 60; 12 with --demo)")
+    parser.add_argument("--days", type=int, default=20, help="stop after this many sessions (default: %(default)s)")
+    parser.add_argument("--json", action="store_true", help="print one JSON object on stdout")
+    parser.set_defaults(func=run)
+
+
+# --- emulator subprocess ---------------------------------------------------------------
+
+
+@contextlib.contextmanager
+def emulator_process(data_dir: Path, *, user: str, session_limit: float) -> Iterator[str]:
+    """Start ``kaggle-relay emulator serve`` on a free loopback port; yield its URL."""
+    command = [
+        sys.executable, "-m", "kaggle_relay.cli.main", "emulator", "serve",
+        "--host", "127.0.0.1", "--port", "0", "--data", str(data_dir),
+        "--session-limit", str(session_limit), "--kill-grace", "2", "--processing-delay", "0.5",
+        "--user", f"{user}:{REHEARSAL_KEY}",
+    ]
+    log_file = open(data_dir.parent / "emulator.log", "w", encoding="utf-8")  # noqa: SIM115
+    process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=log_file, text=True)
+    try:
+        assert process.stdout is not None
+        url = process.stdout.readline().strip()
+        if not url.startswith("http://127.0.0.1"):
+            raise RelayError(f"the emulator did not start (first line {url!r}); see {log_file.name}")
+        yield url
+    finally:
+        process.terminate()
+        try:
+            process.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait(timeout=30)
+        if process.stdout is not None:
+            process.stdout.close()
+        log_file.close()
+
+
+@contextlib.contextmanager
+def rehearsal_environment(config_dir: Path, url: str, user: str) -> Iterator[None]:
+    """Point this process at the emulator with throwaway credentials; restore the environment after."""
+    config_dir.mkdir(parents=True, exist_ok=True)
+    credentials = config_dir / "kaggle.json"
+    credentials.write_text(json.dumps({"username": user, "key": REHEARSAL_KEY}), encoding="utf-8")
+    credentials.chmod(0o600)
+    changes = {"KAGGLE_CONFIG_DIR": str(config_dir), "KAGGLE_RELAY_API_ENDPOINT": url}
+    removed = ("KAGGLE_USERNAME", "KAGGLE_KEY", "KAGGLE_API_TOKEN")
+    saved = {name: os.environ.get(name) for name in (*changes, *removed)}
+    os.environ.update(changes)
+    for name in removed:
+        os.environ.pop(name, None)
+    try:
+        yield
+    finally:
+        for name, value in saved.items():
+            if value is None:
+                os.environ.pop(name, None)
+            else:
+                os.environ[name] = value
+
+
+# --- projects ---------------------------------------------------------------------------
+
+
+def write_demo(folder: Path) -> Path:
+    """Write the demo project into ``folder`` (replacing an earlier demo) and return relay.toml."""
+    from kaggle_relay.cli import init
+
+    if folder.exists() and (folder / ".relay").exists():
+        shutil.rmtree(folder / ".relay")
+    names = init.Names(owner="relay-demo", slug="relay-demo-digits", dataset="relay-demo/relay-demo-digits-handoff",
+                       accelerator="none")
+    init.write_project(folder, names, force=True)
+    script = folder / "kernel" / "train.py"
+    text = script.read_text(encoding="utf-8")
+    text = re.sub(r"^EPOCHS = \d+$", f"EPOCHS = {DEMO_EPOCHS}", text, flags=re.MULTILINE)
+    text = re.sub(r"^MIN_EPOCH_SECONDS = .*$", f"MIN_EPOCH_SECONDS = {DEMO_EPOCH_SECONDS}", text, flags=re.MULTILINE)
+    script.write_text(text, encoding="utf-8")
+    return folder / "relay.toml"
+
+
+def copy_project(config_path: Path, dest: Path, *, session_limit: float, days: int) -> Path:
+    """Copy the project into ``dest`` with rehearsal settings; return the copy's relay.toml."""
+    import tomllib
+
+    source = config_path.resolve().parent
+    shutil.copytree(source, dest, ignore=shutil.ignore_patterns(".relay", ".git", "__pycache__", "demo"))
+    path = dest / config_path.name
+    raw = tomllib.loads(path.read_text(encoding="utf-8"))
+    raw.pop("endpoint", None)
+    for chain in raw.get("chain", []):
+        # The emulator runs on this machine's CPU, so the accelerator check must expect none.
+        chain["accelerator"] = "none"
+        chain["session_timeout"] = max(60, int(session_limit))
+        chain.setdefault("stop", {})["max_days"] = days
+        chain["wait"] = {"poll_seconds": 1.0, "dataset_ready_seconds": 60.0}
+    path.write_text(_to_toml(raw), encoding="utf-8")
+    return path
+
+
+def _to_toml(raw: dict[str, Any]) -> str:
+    """Write the small subset of TOML that relay.toml uses (tables, arrays of tables, scalars, lists)."""
+    lines = [f"{key} = {json.dumps(value)}" for key, value in raw.items() if not isinstance(value, dict | list)]
+    for key, value in raw.items():
+        if isinstance(value, dict):
+            lines += ["", f"[{key}]", *(f"{k} = {json.dumps(v)}" for k, v in value.items())]
+    for chain in raw.get("chain", []):
+        lines += ["", "[[chain]]"]
+        lines += [f"{k} = {json.dumps(v)}" for k, v in chain.items() if not isinstance(v, dict)]
+        for table, values in chain.items():
+            if isinstance(values, dict):
+                lines += [f"[chain.{table}]", *(f"{k} = {json.dumps(v)}" for k, v in values.items())]
+    return "\n".join(lines) + "\n"
+
+
+def owner_of(config_path: Path) -> str:
+    from kaggle_relay.relay.config import load_config
+
+    owners = {chain.dataset.split("/")[0] for chain in load_config(config_path).chain}
+    if len(owners) != 1:
+        raise ConfigError(f"{config_path}: rehearse needs every chain under one owner, found {sorted(owners)}")
+    return owners.pop()
+
+
+# --- running ----------------------------------------------------------------------------
+
+
+def rehearse(config_path: Path, work: Path, *, session_limit: float) -> list[dict[str, Any]]:
+    """Run every chain of ``config_path`` to the end on a fresh emulator; return the per-day rows."""
+    from kaggle_relay.relay import chain as chains
+    from kaggle_relay.relay.config import load_config
+
+    user = owner_of(config_path)
+    data_dir = work / "emulator"
+    data_dir.mkdir(parents=True, exist_ok=True)
+    with emulator_process(data_dir, user=user, session_limit=session_limit) as url:
+        print(f"emulator at {url}, sessions of {session_limit:.0f} s", file=sys.stderr)
+        with rehearsal_environment(work / "kaggle-config", url, user):
+            config = load_config(config_path)
+            outcomes = []
+            for chain in config.chain:
+                outcome = chains.advance(chain, wait=True, quota=config.quota, hook=_progress_hook(chain.name))
+                outcomes.append(outcome)
+    return [summarise(config_path, outcome) for outcome in outcomes]
+
+
+def _progress_hook(name: str) -> Any:
+    def hook(step: str) -> None:
+        if step == "push":
+            print(f"[{time.strftime('%H:%M:%S')}] {name}: pushing the next session", file=sys.stderr)
+
+    return hook
+
+
+def summarise(config_path: Path, outcome: Any) -> dict[str, Any]:
+    from kaggle_relay.relay.ledger import Ledger
+
+    ledger = Ledger.open(config_path.resolve().parent / ".relay", outcome.chain)
+    days = []
+    previous_epoch = -1
+    for run in ledger.runs:
+        checkpoint = run.checkpoint
+        last_epoch = checkpoint.epoch if checkpoint and checkpoint.epoch is not None else previous_epoch
+        days.append({
+            "day": run.day, "kernel_version": run.kernel_version, "status": run.status, "ended_by": run.ended_by,
+            "epochs": [previous_epoch + 1, last_epoch] if last_epoch > previous_epoch else [],
+            "metrics": checkpoint.metrics if checkpoint else {},
+            "dataset_version": run.published.version if run.published else None,
+        })
+        previous_epoch = last_epoch
+    return {"name": outcome.chain, "state": ledger.state, "days": days,
+            "error": ledger.data.error.model_dump() if ledger.data.error else None}
+
+
+def print_days(result: dict[str, Any]) -> None:
+    print(f"chain {result['name']}: {result['state']} after {len(result['days'])} session(s)")
+    for day in result["days"]:
+        epochs = f"epochs {day['epochs'][0]}-{day['epochs'][1]}" if day["epochs"] else "no new epoch"
+        metrics = ", ".join(f"{key} {value:.4f}" for key, value in day["metrics"].items())
+        print(f"  day {day['day']}: version {day['kernel_version']} {day['status']}, {epochs}"
+              f"{', ' + metrics if metrics else ''}"
+              f"{', handoff v' + str(day['dataset_version']) if day['dataset_version'] else ''}")
+    if result["error"]:
+        print(f"  error: {result['error']['message']}")
+
+
+# --- the demo's uninterrupted reference -------------------------------------------------------
+
+
+def reference_run(project: Path, work: Path) -> Path:
+    """Train the demo once, uninterrupted, in its own Kaggle-shaped folder; return the final checkpoint."""
+    root = work / "reference" / "kaggle"
+    (root / "working").mkdir(parents=True, exist_ok=True)
+    (root / "input").mkdir(exist_ok=True)
+    script = project / "kernel" / "train.py"
+    text = re.sub(r"^MIN_EPOCH_SECONDS = .*$", "MIN_EPOCH_SECONDS = 0.0", script.read_text(encoding="utf-8"),
+                  flags=re.MULTILINE)
+    copy = work / "reference" / "train.py"
+    copy.write_text(text, encoding="utf-8")
+    env = {**os.environ, "KAGGLE_RELAY_KAGGLE_ROOT": str(root),
+           "PYTHONPATH": str(Path(__file__).resolve().parents[2])}
+    for name in ("KAGGLE_RELAY_SESSION_DEADLINE", "KAGGLE_RELAY_SESSION_LIMIT", "KAGGLE_RELAY_HANDOFF"):
+        env.pop(name, None)
+    subprocess.run([sys.executable, str(copy)], cwd=root / "working", env=env, check=True,
+                   stdout=subprocess.DEVNULL, timeout=600)
+    return root / "working" / "checkpoints" / f"ckpt-{DEMO_EPOCHS - 1:04d}.pt"
+
+
+def compare_models(relayed: Path, reference: Path) -> dict[str, Any]:
+    """Compare the model tensors of two checkpoints; return accuracies and whether they are identical."""
+    import torch
+
+    first = torch.load(relayed, map_location="cpu", weights_only=True)
+    second = torch.load(reference, map_location="cpu", weights_only=True)
+    model_a, model_b = first["model"], second["model"]
+    identical = model_a.keys() == model_b.keys() and all(torch.equal(model_a[key], model_b[key]) for key in model_a)
+    return {"identical": identical}
+
+
+def final_checkpoint(config_path: Path, chain_name: str) -> tuple[Path, dict[str, float]] | None:
+    from kaggle_relay.relay.harvest import OUTPUT_FOLDER
+    from kaggle_relay.relay.ledger import Ledger, work_dir
+
+    state_dir = config_path.resolve().parent / ".relay"
+    ledger = Ledger.open(state_dir, chain_name)
+    handoff = ledger.data.handoff
+    if handoff is None or handoff.checkpoint is None:
+        return None
+    folder = work_dir(state_dir, chain_name) / "runs" / handoff.run_id / "download" / OUTPUT_FOLDER
+    return folder / handoff.checkpoint.file, handoff.checkpoint.metrics
+
+
+def run(args: argparse.Namespace) -> int:
+    work = Path(tempfile.mkdtemp(prefix="kaggle-relay-rehearsal-"))
+    if args.session_limit is None:
+        args.session_limit = DEMO_SESSION_LIMIT if args.demo else 60.0
+    if args.demo:
+        project = (args.dir or Path("demo")).resolve()
+        config_path = write_demo(project)
+        print(f"demo project written to {project}", file=sys.stderr)
+    else:
+        source = (args.dir or Path(".")).resolve() / "relay.toml"
+        config_path = copy_project(source, work / "project", session_limit=args.session_limit, days=args.days)
+        print(f"rehearsing a copy of {source.parent} in {config_path.parent}", file=sys.stderr)
+    if args.demo:
+        config_path = copy_project(config_path, work / "project", session_limit=args.session_limit, days=args.days)
+
+    results = rehearse(config_path, work, session_limit=args.session_limit)
+    report: dict[str, Any] = {"chains": results, "work_dir": str(work)}
+    if args.demo:
+        report["comparison"] = _demo_comparison(config_path, work, results[0]["name"])
+    _print_report(report, as_json=args.json)
+    if all(item["state"] == "done" for item in results):
+        return exitcodes.OK
+    return exitcodes.NEEDS_ATTENTION
+
+
+def _demo_comparison(config_path: Path, work: Path, chain_name: str) -> dict[str, Any]:
+    found = final_checkpoint(config_path, chain_name)
+    if found is None:
+        return {"identical": False, "error": "the chain handed over no checkpoint"}
+    relayed, metrics = found
+    reference = reference_run(config_path.parent, work)
+    result = compare_models(relayed, reference)
+    result["relayed_val_acc"] = metrics.get("val_acc")
+    result["uninterrupted_val_acc"] = _manifest_metric(reference)
+    return result
+
+
+def _manifest_metric(checkpoint: Path) -> float | None:
+    from kaggle_relay.runtime.manifest import load_manifest
+
+    manifest = load_manifest(checkpoint.parent)
+    entry = manifest.entry(checkpoint.name) if manifest else None
+    return entry.metrics.get("val_acc") if entry else None
+
+
+def _print_report(report: dict[str, Any], *, as_json: bool) -> None:
+    if as_json:
+        print(json.dumps(report))
+        return
+    for result in report["chains"]:
+        print_days(result)
+    comparison = report.get("comparison")
+    if comparison:
+        print(f"final val_acc: relayed {comparison.get('relayed_val_acc')}, "
+              f"uninterrupted {comparison.get('uninterrupted_val_acc')}")
+        print(f"final models identical tensor for tensor: {'yes' if comparison['identical'] else 'NO'}")

@@ -1,0 +1,60 @@
+"""`kaggle-relay status`: reads only the ledger; no credentials, no kaggle or torch import."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+from kaggle_relay.relay.ledger import CheckpointInfo, Handoff, Ledger, Run
+
+PROBE = """
+import json, sys
+from kaggle_relay.cli.main import main
+code = main(["status", "--json", "--config", sys.argv[1]])
+print(json.dumps({"code": code, "kaggle": "kaggle" in sys.modules, "torch": "torch" in sys.modules}), file=sys.stderr)
+"""
+
+
+def write_ledger(project: Path) -> None:
+    ledger = Ledger.open(project / ".relay", "digits")
+    checkpoint = CheckpointInfo(file="output/checkpoints/ckpt-0003.pt", epoch=3, step=120, metrics={"val_acc": 0.91})
+    ledger.runs.append(Run(day=1, run_id="d1", kernel_version=1, pushed_at="2026-12-04T10:00:00.000Z",
+                           finished_at="2026-12-04T11:00:00.000Z", status="complete", seconds=3600,
+                           session_limit=43200, checkpoint=checkpoint))
+    ledger.runs.append(Run(day=2, run_id="d2", kernel_version=2, pushed_at="2026-12-04T12:00:00.000Z",
+                           status="error", session_limit=43200))
+    ledger.data.handoff = Handoff(dataset="alice/h", version=1, run_id="d1", checkpoint=checkpoint)
+    ledger.fail("2 sessions in a row ended without a newer valid checkpoint", hint="fix train.py")
+
+
+def run_status(project: Path) -> tuple[dict, dict]:
+    result = subprocess.run([sys.executable, "-c", PROBE, str(project / "relay.toml")], capture_output=True,
+                            text=True, timeout=60)
+    return json.loads(result.stdout), json.loads(result.stderr.strip().splitlines()[-1])
+
+
+def test_status_json_without_credentials(tmp_path: Path) -> None:
+    write_ledger(tmp_path)
+
+    output, probe = run_status(tmp_path)
+
+    assert probe == {"code": 0, "kaggle": False, "torch": False}
+    chain = output["chains"][0]
+    assert chain["name"] == "digits"
+    assert chain["state"] == "failed"
+    assert chain["days"] == 2
+    assert chain["kernel_version"] == 2
+    assert chain["dataset_version"] == 1
+    assert chain["last_checkpoint"]["epoch"] == 3
+    assert chain["last_checkpoint"]["metrics"] == {"val_acc": 0.91}
+    assert chain["error"]["hint"] == "fix train.py"
+    assert chain["session"]["limit_seconds"] == 43200
+
+
+def test_status_without_ledger_says_how_to_start(tmp_path: Path) -> None:
+    output, probe = run_status(tmp_path)
+
+    assert output == {"chains": []}
+    assert probe["code"] == 0
