@@ -9,7 +9,12 @@ from pathlib import Path
 from typing import Any
 
 from kaggle_relay.cli import exitcodes
-from kaggle_relay.errors import ChainLockedError, KaggleUnavailableError, RelayError
+from kaggle_relay.errors import (
+    ChainLockedError,
+    CredentialsError,
+    KaggleUnavailableError,
+    RelayError,
+)
 
 HELP = f"""Advance each chain: push the next session with the handoff dataset pinned,
 poll a running one, harvest a finished one, validate and publish its
@@ -55,6 +60,9 @@ def _advance_one(chains: Any, chain: Any, config: Any, *, wait: bool) -> dict[st
         outcome = chains.advance(chain, wait=wait, quota=config.quota)
     except ChainLockedError as error:
         return {"name": chain.name, "state": "locked", "code": exitcodes.IN_PROGRESS, "message": str(error)}
+    except CredentialsError:
+        # The same for every chain: one clear error and exit code 5 from the dispatcher.
+        raise
     except KaggleUnavailableError as error:
         return {"name": chain.name, "state": "unavailable", "code": exitcodes.KAGGLE_UNAVAILABLE,
                 "message": str(error), "hint": error.hint}
