@@ -66,7 +66,7 @@ Hook = Callable[[str], None]
 
 @dataclass
 class Outcome:
-    """What one ``advance`` call left behind."""
+    """The result of one ``advance`` call: final state, blocking reason and progress messages."""
 
     chain: str
     state: str
@@ -408,7 +408,10 @@ def _trailing(runs: list[Run], outcome: str) -> int:
 
 
 def _publish(context: Context) -> bool:
-    from kaggle_relay.relay import datasets, publish
+    from kaggle_relay.relay import (
+        datasets,
+        publish,  # type: ignore[attr-defined,unused-ignore]
+    )
 
     ledger, chain = context.ledger, context.chain
     run = ledger.current

@@ -7,7 +7,7 @@ patterns, the manifest, carried files) plus the run log. Each checkpoint is
 checked with the runtime's own validator, and the newest valid one is handed
 over only when it is newer than the last handoff; a truncated file, a file
 whose hash does not match its manifest entry, or an older step is never
-published, and the ledger says why.
+published, and the log gives the reason.
 """
 
 from __future__ import annotations

@@ -2,7 +2,7 @@
 
 kaggle-relay pushes this script with the runtime bundled in, attaches the
 dataset holding the last checkpoint, and runs it again until the manifest
-says done. Each session:
+is marked done. Each session:
 
 1. finds the newest checkpoint (this session's working folder first, then
    the handoff dataset mounted under /kaggle/input) and restores model,
@@ -53,7 +53,7 @@ def load_data() -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor,
         labels = torch.tensor(digits.target, dtype=torch.long)
         name = "scikit-learn digits"
     except ImportError:
-        # Ten noisy prototypes of 64 pixels; deterministic, so every session sees the same data.
+        # Ten noisy prototypes of 64 pixels; deterministic, so every session gets the same data.
         generator = torch.Generator().manual_seed(0)
         prototypes = torch.rand(10, 64, generator=generator)
         labels = torch.arange(1800) % 10
