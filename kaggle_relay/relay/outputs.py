@@ -30,7 +30,12 @@ from typing import TYPE_CHECKING, Any
 
 import requests
 
-from kaggle_relay.errors import KaggleUnavailableError, ManifestError, UnsafeOutputPathError
+from kaggle_relay.errors import (
+    KaggleAuthError,
+    KaggleUnavailableError,
+    ManifestError,
+    UnsafeOutputPathError,
+)
 from kaggle_relay.relay import client, retry
 from kaggle_relay.relay.refs import KernelRef
 from kaggle_relay.runtime import atomic
@@ -200,7 +205,14 @@ def _download(
     # A symlinked folder inside dest could still lead outside it; check the real path.
     if not target.parent.resolve().is_relative_to(folder.resolve()):
         raise UnsafeOutputPathError(item.name, f"its folder resolves outside {folder}")
-    retry.run("read", "download output", _fetch, api, item, target, progress, resource=f"{ref}:{item.name}")
+    resource = f"{ref}:{item.name}"
+    try:
+        retry.run("read", "download output", _fetch, api, item, target, progress, resource=resource)
+    except KaggleAuthError:
+        # Output URLs are signed and expire (HTTP 403); list again for a fresh one, once.
+        log.warning("the download URL of %s was refused; listing the outputs again for a fresh URL", resource)
+        fresh = {listed.name: listed for listed in list_outputs(api, ref)[0]}.get(item.name, item)
+        retry.run("read", "download output", _fetch, api, fresh, target, progress, resource=resource)
     return target
 
 
