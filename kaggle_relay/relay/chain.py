@@ -442,6 +442,7 @@ def _publish(context: Context) -> bool:
             handoff_note=f"kaggle-relay {chain.name} day {run.day}: {run.checkpoint.file}",
             min_step=(last_step + 1) if last_step is not None else None,
             timeout=chain.wait.dataset_ready_seconds,
+            title=chain.dataset_title,
         )
     except WaitTimeoutError:
         # The version exists but is still processing; the next tick finds it by its notes.
