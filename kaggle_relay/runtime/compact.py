@@ -150,7 +150,7 @@ def plain_state_dict(obj: Any) -> dict[str, torch.Tensor]:
         ):
             return dict(candidate)
     raise ConfigError(
-        "safetensors holds only a flat name-to-tensor dict, and this checkpoint is not one",
+        "safetensors export needs a flat name-to-tensor dict, and this checkpoint is not one",
         field="format",
         hint="export with format='torch', or pass the model's state_dict()",
     )

@@ -1,4 +1,4 @@
-"""Load a checkpoint safely: ``weights_only=True`` unless the trust policy for its source says otherwise.
+"""Load a checkpoint safely: ``weights_only=True`` unless the trust policy for its source allows more.
 
 Trust levels (see ``trust.TrustPolicy``):
 

@@ -331,7 +331,7 @@ def _record(manifest: Manifest, entry: ManifestEntry, *, run_id: str, done: bool
 
 
 def mark_done(folder: str | os.PathLike[str] | None = None) -> Manifest:
-    """Set the manifest's ``done`` flag, which tells the relay to stop the chain after this session."""
+    """Set the manifest's ``done`` flag, which makes the relay stop the chain after this session."""
     target_folder = writable.reject_input_path(folder or writable.default_checkpoint_folder())
     target_folder.mkdir(parents=True, exist_ok=True)
     manifest = load_or_new(target_folder)

@@ -138,7 +138,7 @@ class Difference:
 
 @dataclass
 class ResumeReport:
-    """What ``restore_training_state`` loaded, skipped and found different."""
+    """The outcome of ``restore_training_state``: parts loaded and skipped, and settings that differ."""
 
     epoch: int | None = None
     step: int | None = None

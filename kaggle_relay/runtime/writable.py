@@ -1,4 +1,4 @@
-"""Where the runtime may write: under the working folder, never under the read-only input folder.
+"""Path checks for writes: under the working folder, never under the read-only input folder.
 
 On Kaggle, /kaggle/input is a read-only mount and /kaggle/working is the only
 folder kept as the session's output. Tests and local runs move the whole tree
