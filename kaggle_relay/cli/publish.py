@@ -1,10 +1,10 @@
 """``kaggle-relay publish DIR --dataset OWNER/SLUG``: headless dataset versioning.
 
-Validates the checkpoints in DIR with the runtime's validator, publishes the
-selected one with its manifest (and any carried files) as a new version of
-the dataset (creating the dataset when it does not exist), waits until the
-version is READY and checks its file listing. Progress goes to stderr, the
-result to stdout.
+Validates the checkpoints in DIR with the runtime's validator and publishes
+the selected one, with its manifest and any carried files, as a new version
+of the dataset. A dataset that does not exist is created. The command waits
+until the version is READY and checks its file listing. Progress goes to
+stderr, the result to stdout.
 """
 
 from __future__ import annotations

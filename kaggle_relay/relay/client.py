@@ -1,9 +1,9 @@
 """The one door to Kaggle: an authenticated ``KaggleApi`` and ``call``.
 
-``connect`` checks credentials before it imports the ``kaggle`` package
-(whose import authenticates and prints help), points the client at the
-endpoint chosen by ``relay/endpoint.py``, puts a per-request timeout on every
-HTTP session the client opens, and authenticates once per process and
+``connect`` checks credentials before it imports the ``kaggle`` package,
+whose import authenticates and prints help. It points the client at the
+endpoint chosen by ``relay/endpoint.py`` and puts a per-request timeout on
+every HTTP session the client opens. It authenticates once per process and
 endpoint.
 
 ``call`` runs one KaggleApi method and turns every way it can fail into the
@@ -49,7 +49,7 @@ log = logging.getLogger(__name__)
 
 T = TypeVar("T")
 
-#: Seconds to wait for a connection, and between two bytes of an answer.
+#: Seconds to wait for a connection, and between two bytes of a response.
 DEFAULT_TIMEOUT = (10.0, 120.0)
 
 _clients: dict[str, KaggleApi] = {}
@@ -143,7 +143,7 @@ def _install_timeout(api: KaggleApi) -> None:
     """Wrap ``build_kaggle_client`` so each new client's session carries the timeout.
 
     The client builds a new KaggleClient, with a new ``requests.Session``, for
-    every API call, and sends without a timeout: a socket that never answers
+    every API call, and sends without a timeout: a socket that never responds
     would hang the relay forever.
     """
     build = api.build_kaggle_client
@@ -233,7 +233,7 @@ def translate(
         )
     if isinstance(exc, requests.exceptions.InvalidJSONError):
         return KaggleUnavailableError(
-            f"{what}{where} returned an answer that is not JSON: {_text(exc)}", call=what, resource=resource
+            f"{what}{where} returned a response that is not JSON: {_text(exc)}", call=what, resource=resource
         )
     if isinstance(exc, ValueError):
         return _from_value_error(exc, what, resource, forbidden_means_processing)
@@ -335,7 +335,7 @@ def _retry_after(response: requests.Response | None) -> float | None:
 
 
 def check_error_field(result: object, what: str, resource: str = "") -> None:
-    """Raise KaggleRejectedError for a successful HTTP answer that carries an error."""
+    """Raise KaggleRejectedError for a successful HTTP response that carries an error."""
     where = f" for {resource}" if resource else ""
     for name in ("error", "error_message"):
         value = getattr(result, name, None)

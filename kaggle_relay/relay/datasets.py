@@ -13,7 +13,7 @@ Rules worth knowing (kaggle client 2.2.x and Kaggle):
   detected before another one is sent. A new dataset's first version has no
   notes, so its description carries the marker.
 - The client's default ``dir_mode`` ("skip") drops sub-folders without a
-  word; the relay uploads with ``dir_mode="zip"``, which keeps them, and
+  word. The relay uploads with ``dir_mode="zip"``, which keeps them, and
   callers check the READY version's listing.
 """
 

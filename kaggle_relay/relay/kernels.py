@@ -1,7 +1,7 @@
 """Kernels on Kaggle: push a version, read its status, wait for it, download its outputs.
 
 Every status read and download is tied to a version number: right after a
-push, Kaggle may still answer for the previous version, so a reference
+push, Kaggle may still respond for the previous version, so a reference
 without a version is rejected. A push is never retried after a failure that
 may have reached Kaggle (each push may start a session); ``push_kernel``
 also refuses to push while the kernel's latest version is queued or running,
@@ -100,7 +100,7 @@ class KernelState:
 
 @dataclass
 class PushResult:
-    """What a push created; ``ref.version`` is the version it started."""
+    """The version a push created; ``ref.version`` is the number of the session it started."""
 
     ref: KernelRef
     url: str = ""
@@ -264,7 +264,7 @@ def _push_result(ref: KernelRef, response: Any) -> PushResult:
         *(response.invalid_model_sources or []),
     ]
     if invalid:
-        log.error("kernel %s version %d runs without these sources, which Kaggle refused: %s", ref, version, invalid)
+        log.error("kernel %s version %d runs without these sources, which Kaggle rejected: %s", ref, version, invalid)
     pushed = ref.with_version(version)
     log.info("pushed %s", pushed)
     return PushResult(ref=pushed, url=response.url or "", invalid_sources=[str(item) for item in invalid])

@@ -14,9 +14,9 @@ Layout of a harvest in ``dest``::
 A name is refused (and reported in ``Outputs.refused``, with a warning)
 when it is absolute, has a drive letter, a backslash, an empty, ``.`` or
 ``..`` part, or starts with the atomic-write prefix. The other files are
-downloaded; if ``relay-manifest.json`` names a file that did not arrive,
-refused or missing from the listing, the harvest fails with ManifestError,
-so a checkpoint cannot vanish silently.
+downloaded. If ``relay-manifest.json`` names a file that did not arrive
+(rejected, or missing from the listing), the harvest fails with
+ManifestError, so a checkpoint cannot vanish silently.
 """
 
 from __future__ import annotations
@@ -55,7 +55,7 @@ _DRIVE = re.compile(r"^[A-Za-z]:")
 
 @dataclass
 class Outputs:
-    """What a harvest wrote: the output folder, its files, the run log, and refused names."""
+    """Result of a harvest: the output folder, its files, the run log, and the rejected names."""
 
     folder: Path
     files: list[Path]
@@ -210,7 +210,7 @@ def _download(
         retry.run("read", "download output", _fetch, api, item, target, progress, resource=resource)
     except KaggleAuthError:
         # Output URLs are signed and expire (HTTP 403); list again for a fresh one, once.
-        log.warning("the download URL of %s was refused; listing the outputs again for a fresh URL", resource)
+        log.warning("the download URL of %s was rejected (HTTP 403); listing the outputs again for a fresh URL", resource)
         fresh = {listed.name: listed for listed in list_outputs(api, ref)[0]}.get(item.name, item)
         retry.run("read", "download output", _fetch, api, fresh, target, progress, resource=resource)
     return target

@@ -18,9 +18,9 @@ Steps, each of which can refuse with the reason:
 
 The manifest must name the version it will be part of before that version
 exists. The number is predicted as the latest version plus one (1 for a new
-dataset); the relay waits for the previous version to be READY first, so
-only a publication by someone else in between could change it, and then the
-created number is checked and the publish refused.
+dataset). The relay waits for the previous version to be READY first, so
+only a publication by someone else in between could change it. The created
+number is checked, and a mismatch raises HandoffMismatchError.
 """
 
 from __future__ import annotations

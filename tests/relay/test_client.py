@@ -1,6 +1,6 @@
-"""The error translation of ``client.call``, against real HTTP answers.
+"""The error translation of ``client.call``, against real HTTP responses.
 
-A small loopback server answers with chosen status codes and bodies, and
+A small loopback server responds with chosen status codes and bodies, and
 the kagglesdk HTTP client (the one KaggleApi uses) sends the requests, so
 the exceptions translated here are the ones the client really raises.
 """

@@ -118,7 +118,7 @@ def test_missing_dataset_is_created(relay_api: Any, tmp_path: Path) -> None:
 
 def test_new_version_waits_for_previous_ready(relay_api: Any, tmp_path: Path) -> None:
     publish(relay_api, files(tmp_path / "v1", {"a.bin": b"1"}), "run-a")
-    # The emulator answers 403 to a version created while the previous one processes.
+    # The emulator responds 403 to a version created while the previous one processes.
     second = publish(relay_api, files(tmp_path / "v2", {"b.bin": b"22"}), "run-b")
     assert second.version == 2
     assert datasets.find_version_by_notes(relay_api, REF, "run-b").number == 2  # type: ignore[union-attr]
