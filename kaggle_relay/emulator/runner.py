@@ -168,10 +168,9 @@ class Runner:
     def stop_all(self) -> None:
         """Kill every running process; their versions end ERROR (the server is going away)."""
         with self.lock:
-            runs = list(self.runs.values())
-        for run in runs:
-            run.stopping.set()
-            _kill_group(run.process, signal.SIGKILL)
+            for run in self.runs.values():
+                run.stopping.set()
+                _kill_group(run.process, signal.SIGKILL)
 
     def _run(self, run: Run) -> None:
         try:
@@ -199,15 +198,20 @@ class Runner:
         self.emulator.kernels.update_version(
             run.ref, run.number, status="RUNNING", started=now(), deadline=deadline
         )
-        run.process = subprocess.Popen(
-            command,
-            cwd=run.working,
-            env=env,
-            stdin=subprocess.DEVNULL,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            start_new_session=True,
-        )
+        with self.lock:
+            # stop_all may have run before the process existed; it must not outlive the server.
+            if run.stopping.is_set():
+                self._conclude(run, timed_out=False)
+                return
+            run.process = subprocess.Popen(
+                command,
+                cwd=run.working,
+                env=env,
+                stdin=subprocess.DEVNULL,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.PIPE,
+                start_new_session=True,
+            )
         readers = [
             _start_reader(run.process.stdout, "stdout", run.log),
             _start_reader(run.process.stderr, "stderr", run.log),
@@ -269,8 +273,7 @@ class Runner:
 
     def _conclude(self, run: Run, timed_out: bool) -> None:
         process = run.process
-        assert process is not None
-        if run.stopping.is_set():
+        if run.stopping.is_set() or process is None:
             run.log.add("stderr", "The emulator stopped while this version was running.\n")
             self._finish(run, "ERROR", "the emulator stopped while this version was running", True)
         elif timed_out:
