@@ -195,3 +195,56 @@ def test_upload_failure_is_unavailable() -> None:
 
     with pytest.raises(KaggleUnavailableError, match="ckpt.pt"):
         client.call("CreateDatasetVersion", upload)
+
+
+# --- connect (emulator) ----------------------------------------------------------
+
+
+def test_connect_without_credentials_imports_nothing() -> None:
+    import subprocess
+    import sys
+
+    script = (
+        "import sys, json\n"
+        "from kaggle_relay.errors import CredentialsError\n"
+        "from kaggle_relay.relay import client\n"
+        "try:\n"
+        "    client.connect()\n"
+        "except CredentialsError as error:\n"
+        "    print(json.dumps({'error': str(error), 'imported': 'kaggle' in sys.modules}))\n"
+    )
+    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=60)
+    data = json.loads(result.stdout)
+    assert data["imported"] is False
+    assert "KAGGLE_API_TOKEN" in data["error"]
+    assert result.stderr == ""
+
+
+def test_connect_with_token_authenticates(emulator: Any, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
+    from tests.conftest import EMULATOR_TOKEN, EMULATOR_USER
+
+    monkeypatch.setenv("KAGGLE_API_TOKEN", EMULATOR_TOKEN)
+    monkeypatch.setenv("KAGGLE_RELAY_API_ENDPOINT", emulator.url)
+    client.forget_clients()
+    try:
+        api = client.connect()
+        assert client.username(api) == EMULATOR_USER
+        assert client.connect() is api
+    finally:
+        client.forget_clients()
+    captured = capsys.readouterr()
+    assert captured.out == ""
+    assert EMULATOR_TOKEN not in captured.err
+
+
+def test_connect_with_rejected_token_is_credentials_error(emulator: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    from kaggle_relay.errors import CredentialsError
+
+    monkeypatch.setenv("KAGGLE_API_TOKEN", "KGAT_not-a-token-the-server-knows")
+    monkeypatch.setenv("KAGGLE_RELAY_API_ENDPOINT", emulator.url)
+    client.forget_clients()
+    try:
+        with pytest.raises(CredentialsError, match="did not accept"):
+            client.connect()
+    finally:
+        client.forget_clients()
