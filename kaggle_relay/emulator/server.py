@@ -60,7 +60,10 @@ class Emulator:
         self._http = http
         self.url = f"http://{self.config.host}:{http.server_address[1]}"
         self._thread = threading.Thread(
-            target=http.serve_forever, name="emulator-http", daemon=True
+            target=http.serve_forever,
+            kwargs={"poll_interval": 0.1},
+            name="emulator-http",
+            daemon=True,
         )
         self._thread.start()
         log.info("Kaggle API emulator serving %s from %s", self.url, self.config.data_dir)
