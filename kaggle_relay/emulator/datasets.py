@@ -12,8 +12,8 @@ missing from the version.
 A new version is processing (BLOBS_RECEIVED, then BLOBS_DECOMPRESSED, then
 BLOBS_COPIED_TO_SDS) for the server's processing delay, then READY, or
 FAILED when a ``version-failed`` fault was consumed by its creation.
-Creating a version while the latest one is still processing is answered
-with HTTP 403. GetDatasetStatus reports the latest version, and GetDataset's
+Creating a version while the latest one is still processing gets
+HTTP 403. GetDatasetStatus reports the latest version, and GetDataset's
 ``currentVersionNumber`` is the number of the latest version, processing or
 not; its ``versions`` list carries each version's notes and status.
 """

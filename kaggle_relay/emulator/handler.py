@@ -102,7 +102,7 @@ class Handler(BaseHTTPRequestHandler):
             )
         except (BrokenPipeError, ConnectionResetError):
             self.close_connection = True
-        except Exception as error:  # answer 500 like a real server, and keep serving
+        except Exception as error:  # respond 500 like a real server, and keep serving
             log.exception("emulator failed on %s %s", self.command, self.path)
             self._send_json(500, {"code": 500, "message": f"emulator error: {error}"})
 
@@ -283,7 +283,7 @@ class Handler(BaseHTTPRequestHandler):
     # --- faults -------------------------------------------------------------
 
     def _apply_fault(self, route: str) -> bool:
-        """Apply the next fault for ``route``; return True when the request was answered."""
+        """Apply the next fault for ``route``; return True when a response was sent."""
         fault = self.emulator.faults.take(route)
         return fault is not None and self._answer_fault(fault)
 
@@ -310,7 +310,7 @@ class Handler(BaseHTTPRequestHandler):
         with contextlib.suppress(OSError):
             self.connection.shutdown(socket.SHUT_RDWR)
 
-    # --- bodies and answers ---------------------------------------------------
+    # --- bodies and responses -------------------------------------------------
 
     def _body_chunks(self) -> Iterator[bytes]:
         if self.headers.get("Transfer-Encoding", "").lower() == "chunked":

@@ -2,10 +2,10 @@
 
 A push (SaveKernel) creates version N+1 of ``owner/slug`` and starts it at
 once, unless a version of the same kernel is still QUEUED or RUNNING: then
-the push is rejected with an ``error`` in the answer and no version is
+the push is rejected with an ``error`` in the response and no version is
 made. A new kernel whose title does not slug to the requested id is
-created under the title's slug, as Kaggle does (the answer's ``ref`` shows
-it). Dataset and kernel sources that do not exist are returned in
+created under the title's slug, as Kaggle does (the response's ``ref``
+shows it). Dataset and kernel sources that do not exist are returned in
 ``invalidDatasetSources`` / ``invalidKernelSources`` and left out of the
 run, as on Kaggle.
 """

@@ -19,7 +19,7 @@ KERNEL_END_STATUSES = ("COMPLETE", "ERROR", "CANCEL_ACKNOWLEDGED")
 
 
 class ApiError(Exception):
-    """An HTTP error answer: JSON ``{"code": status, "message": message}``."""
+    """An HTTP error response: JSON ``{"code": status, "message": message}``."""
 
     def __init__(self, status: int, message: str, *, headers: dict[str, str] | None = None) -> None:
         super().__init__(message)
@@ -48,7 +48,7 @@ _VERSION_LABEL = re.compile(r"^v(\d+)$")
 def parse_version_label(label: str | None) -> int | None:
     """Turn ``"v3"`` into 3; None or ``""`` means the latest version.
 
-    Kaggle answers 404 to a bare number, and so does the emulator.
+    Kaggle responds 404 to a bare number, and so does the emulator.
     """
     if not label:
         return None

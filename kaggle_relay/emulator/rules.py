@@ -1,8 +1,8 @@
 """Metadata rules that Kaggle enforces on kernels and datasets, as the emulator checks them.
 
-The length limits are the ones kaggle 2.2.5 checks on its side (dataset
+The length limits are the ones kaggle 2.2.5 checks on its side: dataset
 slug and title 6 to 50 characters, subtitle 20 to 80, kernel slug and title
-at least 5); the server checks them again because other clients (and
+at least 5. The server checks them again because other clients (and
 ``id_no`` pushes) skip the client's checks.
 
 NOTE: the licence names, machine shapes and the slug character set are the

@@ -11,9 +11,9 @@ from the import system before the user's code runs, as on Kaggle where
 only the pushed code exists.
 
 At the deadline the process group gets SIGTERM, then SIGKILL after the
-grace period; the version ends ``CANCEL_ACKNOWLEDGED`` with an empty failure
-message and a timeout line in its log, and its outputs are dropped unless
-the server keeps killed outputs.
+grace period. The version then ends ``CANCEL_ACKNOWLEDGED`` with an empty
+failure message and a timeout line in its log. Its outputs are dropped
+unless the server keeps killed outputs.
 """
 
 from __future__ import annotations
@@ -74,7 +74,7 @@ runpy.run_path(_script, run_name="__main__")
 """
 )
 
-# Environment variables of the host that a Kaggle session never sees.
+# Host environment variables left out of a run, because a Kaggle session does not have them.
 _HIDDEN_ENV = (
     "PYTHONPATH",
     "PYTHONHOME",

@@ -6,8 +6,8 @@ import logging
 import threading
 import time
 from http.server import ThreadingHTTPServer
+from pathlib import Path
 from types import TracebackType
-from typing import Any
 
 from kaggle_relay.emulator.config import EmulatorConfig
 from kaggle_relay.emulator.datasets import Datasets
@@ -50,7 +50,7 @@ class Emulator:
         self.url = ""
 
     @property
-    def data_dir(self) -> Any:
+    def data_dir(self) -> Path:
         return self.config.data_dir
 
     def start(self) -> Emulator:

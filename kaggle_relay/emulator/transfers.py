@@ -1,8 +1,8 @@
 """Blob uploads (StartBlobUpload and resumable PUTs) and file download URLs.
 
 Uploads follow the resumable protocol the client speaks (GCS style): a
-``PUT`` of the whole body completes the blob (200); a probe ``PUT`` with
-``Content-Range: bytes */<size>`` and no body is answered 200 when complete,
+``PUT`` of the whole body completes the blob (200); the response to a probe
+``PUT`` with ``Content-Range: bytes */<size>`` and no body is 200 when complete,
 308 with ``Range: bytes=0-<last>`` when partial (no Range header when no
 byte arrived), 404 for an unknown token; a ``PUT`` with
 ``Content-Range: bytes <start>-<end>/<size>`` appends from ``start``.
@@ -61,7 +61,7 @@ class Uploads:
     def put(
         self, token: str, content_range: str | None, body: Iterator[bytes], keep_half: bool
     ) -> tuple[int, dict[str, str]]:
-        """Store one upload PUT; return the HTTP status and headers to answer with."""
+        """Store one upload PUT; return the HTTP status and headers of the response."""
         with self.store.lock:
             upload = self.store.uploads.get(token)
         if upload is None:
@@ -146,7 +146,7 @@ class Files:
         self.emulator = emulator
 
     def url(self, kind: str, ref: str, number: int | None, index: int, name: str) -> str:
-        """The download URL of a file. It ends with the file's base name, which the client reads."""
+        """Build the download URL of a file; it ends with the base name, which the client reads."""
         base_name = quote(name.replace("\\", "/").rstrip("/").split("/")[-1] or "file", safe="")
         return f"{self.emulator.url}/_emulator/files/{kind}/{quote(ref)}/{number or 0}/{index}/{base_name}"
 
