@@ -69,7 +69,6 @@ class Datasets:
         if problem:
             return {"status": "error", "error": problem}
         ref = f"{owner}/{slug}"
-        fails = self.emulator.faults.take("CreateDataset", version_failed=True) is not None
         with self.store.change():
             if ref in self.store.datasets:
                 return {
@@ -77,6 +76,7 @@ class Datasets:
                     "error": f'The requested slug "{slug}" is already in use by a dataset.',
                 }
             files = self._take_files(body.get("files", []), ref, 1)
+            fails = self.emulator.faults.take("CreateDataset", version_failed=True) is not None
             self.store.datasets[ref] = {
                 "id": self.store.new_id(),
                 "owner": owner,
@@ -234,9 +234,9 @@ class Datasets:
                     f"Dataset {ref} version {latest['number']} is still being processed "
                     f"({status}); wait until it is ready before creating a new version",
                 )
-            fails = self.emulator.faults.take(route, version_failed=True) is not None
             number = len(dataset["versions"]) + 1
             files = self._take_files(body.get("files", []), ref, number)
+            fails = self.emulator.faults.take(route, version_failed=True) is not None
             dataset["versions"].append(
                 self._new_version(number, body.get("versionNotes") or "", files, fails)
             )

@@ -17,6 +17,7 @@ from __future__ import annotations
 import logging
 import re
 import secrets
+import threading
 import zipfile
 from collections.abc import Iterator
 from pathlib import Path
@@ -144,6 +145,7 @@ class Files:
 
     def __init__(self, emulator: Emulator) -> None:
         self.emulator = emulator
+        self._zip_lock = threading.Lock()
 
     def url(self, kind: str, ref: str, number: int | None, index: int, name: str) -> str:
         """Build the download URL of a file; it ends with the base name, which the client reads."""
@@ -172,11 +174,12 @@ class Files:
         """Build (once) the zip of a whole dataset version, as DownloadDataset serves it."""
         store = self.emulator.store
         target = store.data_dir / "datasets" / ref / f"v{number}.zip"
-        if target.exists():
-            return target
-        partial = target.with_suffix(".zip.partial")
-        with zipfile.ZipFile(partial, "w", zipfile.ZIP_DEFLATED) as bundle:
-            for entry in self.emulator.datasets.files_of(ref, number):
-                bundle.write(store.resolve(entry["path"]), entry["name"])
-        partial.replace(target)
+        with self._zip_lock:
+            if target.exists():
+                return target
+            partial = target.with_suffix(".zip.partial")
+            with zipfile.ZipFile(partial, "w", zipfile.ZIP_DEFLATED) as bundle:
+                for entry in self.emulator.datasets.files_of(ref, number):
+                    bundle.write(store.resolve(entry["path"]), entry["name"])
+            partial.replace(target)
         return target
