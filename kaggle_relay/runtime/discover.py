@@ -142,18 +142,33 @@ def locations_for(roots: Iterable[str | os.PathLike[str] | Location] | None) -> 
 
 
 class PatternSet:
-    """Glob patterns matched against a file name, or against the path relative to the location when they contain "/"."""
+    """Glob patterns matched against a file name, or against the path relative to the location when they contain "/".
+
+    Plain suffix and prefix globs (``*.pt``, ``checkpoint-*``) are also kept
+    as ``affixes`` for ``str.endswith`` and ``str.startswith``, which are
+    faster than a regular expression on 20,000 names.
+    """
 
     def __init__(self, patterns: Sequence[str]) -> None:
-        names = [fnmatch.translate(p) for p in patterns if "/" not in p]
+        names = [p for p in patterns if "/" not in p]
         paths = [fnmatch.translate(p) for p in patterns if "/" in p]
-        self._name = re.compile("|".join(names)).match if names else None
+        suffixes = tuple(p[1:] for p in names if p.startswith("*") and not _has_wildcard(p[1:]))
+        prefixes = tuple(p[:-1] for p in names if p.endswith("*") and not _has_wildcard(p[:-1]))
+        simple = len(suffixes) + len(prefixes) == len(names) and not paths
+        #: Set when every pattern is a plain suffix or prefix glob; the walk then tests names inline.
+        self.affixes = (suffixes, prefixes) if simple else None
+        self._name = re.compile("|".join(fnmatch.translate(p) for p in names)).match if names else None
         self._path = re.compile("|".join(paths)).match if paths else None
 
-    def matches(self, name: str, relative: str) -> bool:
+    def matches(self, name: str, folder: str) -> bool:
+        """Tell whether a file ``name`` in ``folder`` (relative to the location, ending in "/") matches."""
         if self._name is not None and self._name(name):
             return True
-        return self._path is not None and self._path(relative) is not None
+        return self._path is not None and self._path(folder + name) is not None
+
+
+def _has_wildcard(text: str) -> bool:
+    return any(char in text for char in "*?[")
 
 
 def iter_candidates(
@@ -166,27 +181,34 @@ def iter_candidates(
 
 
 def _walk(folder: str, relative: str, matcher: PatternSet, depth_left: int) -> Iterator[str]:
+    # One pass per folder with the cheapest test first: most entries are files
+    # that match no pattern. Only matches and subfolders are sorted.
+    matches: list[str] = []
+    subfolders: list[tuple[str, str]] = []
+    suffixes, prefixes = matcher.affixes or ((), ())
+    inline = matcher.affixes is not None
     try:
         with os.scandir(folder) as listing:
-            entries = sorted(listing, key=lambda entry: entry.name)
+            for entry in listing:
+                name = entry.name
+                if not entry.is_dir():
+                    if inline:
+                        matched = name.endswith(suffixes) or name.startswith(prefixes)
+                    else:
+                        matched = matcher.matches(name, relative)
+                    if matched and not name.startswith(TEMP_PREFIX):
+                        matches.append(entry.path)
+                elif _TRAINER_DIR.match(name):
+                    # A Trainer checkpoint folder is one candidate, so the walk never enters it.
+                    if matcher.matches(name, relative):
+                        matches.append(entry.path)
+                elif depth_left > 0 and not name.startswith("."):
+                    subfolders.append((entry.path, relative + name))
     except OSError as exc:
         log.debug("cannot list %s: %s", folder, exc)
-        return
-    for entry in entries:
-        name = entry.name
-        if name.startswith(TEMP_PREFIX):
-            continue
-        inner = f"{relative}{name}"
-        try:
-            is_dir = entry.is_dir()
-        except OSError:
-            continue
-        # A Trainer checkpoint folder is one candidate, so the walk never enters it.
-        if not is_dir or _TRAINER_DIR.match(name):
-            if matcher.matches(name, inner):
-                yield entry.path
-        elif depth_left > 0 and not name.startswith("."):
-            yield from _walk(entry.path, inner + "/", matcher, depth_left - 1)
+    yield from sorted(matches)
+    for path, inner in sorted(subfolders):
+        yield from _walk(path, inner + "/", matcher, depth_left - 1)
 
 
 def iter_manifests(locations: Iterable[Location], *, max_depth: int = MAX_DEPTH) -> Iterator[tuple[Location, Manifest]]:

@@ -23,19 +23,29 @@ which imports torch and reads the whole file.
 from __future__ import annotations
 
 import errno
+import io
 import json
 import logging
 import mmap
 import os
 import re
+import stat
 import struct
 import zipfile
+import zlib
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 from kaggle_relay.runtime import peek as _peek
-from kaggle_relay.runtime.peek import PeekResult, PickleNotSupportedError, StorageRef, TensorRef
+from kaggle_relay.runtime import zipdir
+from kaggle_relay.runtime.peek import (
+    DTYPE_ITEMSIZE,
+    PeekResult,
+    PickleNotSupportedError,
+    StorageRef,
+    TensorRef,
+)
 
 log = logging.getLogger(__name__)
 
@@ -52,6 +62,7 @@ _ZIP_EMPTY = b"PK\x05\x06"
 # safetensors refuses headers above 100 MB; anything larger is not a safetensors file.
 _SAFETENSORS_MAX_HEADER = 100_000_000
 _SNIFF_BYTES = 32
+_SMALL_FILE = 1 << 20
 # A truncated zip is read from its start to recover data.pkl; a data.pkl past this is not recovered.
 _TRUNCATED_HEAD_BYTES = 64 << 20
 
@@ -122,16 +133,19 @@ def check_file(
     loaded by torch, see the module docstring.
     """
     path = os.fspath(path)
-    if os.path.isdir(path):
+    status = os.stat(path)
+    if stat.S_ISDIR(status.st_mode):
         return _check_directory(path)
-    size = os.path.getsize(path)
+    size = status.st_size
     if size == 0:
         return FormatCheck(path, UNKNOWN, 0, reason="empty (0 bytes)")
     with open(path, "rb") as handle:
         head = handle.read(_SNIFF_BYTES)
-    kind = sniff_format(head)
-    if kind == TORCH_ZIP:
-        return _check_zip(path, size, expected_bytes)
+        kind = sniff_format(head)
+        if kind == TORCH_ZIP:
+            # A small file is read whole once, instead of in four seeks and reads.
+            source: BinaryIO = io.BytesIO(head + handle.read()) if size <= _SMALL_FILE else handle
+            return _check_zip(path, source, size, expected_bytes)
     if kind == TORCH_LEGACY:
         return _check_legacy(path, size, expected_bytes, legacy_torch_load)
     if kind == SAFETENSORS:
@@ -156,22 +170,20 @@ def _truncated(size: int, total: int | None, detail: str) -> str:
 # --- torch zip ----------------------------------------------------------------
 
 
-def _check_zip(path: str, size: int, expected: int | None) -> FormatCheck:
+def _check_zip(path: str, handle: BinaryIO, size: int, expected: int | None) -> FormatCheck:
     try:
-        archive = zipfile.ZipFile(path)
+        entries = zipdir.read_directory(handle, size)
     except zipfile.BadZipFile:
         return _check_cut_zip(path, size, expected)
-    with archive:
-        entries = {info.filename: info for info in archive.infolist()}
-        pickle_name = _find_data_pkl(entries)
-        if pickle_name is None:
-            return FormatCheck(path, UNKNOWN, size, reason="a zip archive without a data.pkl entry, not a torch checkpoint")
-        result = FormatCheck(path, TORCH_ZIP, size)
-        try:
-            data = archive.read(pickle_name)
-        except (zipfile.BadZipFile, EOFError, OSError) as exc:
-            result.reason = f"{pickle_name} cannot be read ({exc})"
-            return result
+    pickle_name = _find_data_pkl(entries)
+    if pickle_name is None:
+        return FormatCheck(path, UNKNOWN, size, reason="a zip archive without a data.pkl entry, not a torch checkpoint")
+    result = FormatCheck(path, TORCH_ZIP, size)
+    try:
+        data = zipdir.read_entry(handle, entries[pickle_name])
+    except (zipfile.BadZipFile, zlib.error, OSError) as exc:
+        result.reason = f"{pickle_name} cannot be read ({exc})"
+        return result
     _apply_peek(result, data, 0, _peek.peek_pickle)
     if result.reason or result.load_error:
         return result
@@ -181,7 +193,7 @@ def _check_zip(path: str, size: int, expected: int | None) -> FormatCheck:
     return result
 
 
-def _find_data_pkl(entries: dict[str, zipfile.ZipInfo]) -> str | None:
+def _find_data_pkl(entries: dict[str, zipdir.ZipEntry]) -> str | None:
     for name in entries:
         if name.endswith("/data.pkl") and name.count("/") == 1:
             return name
@@ -205,17 +217,20 @@ def _apply_peek(result: FormatCheck, data: Any, start: int, reader: Any, **kwarg
     return found
 
 
-def _missing_storage_bytes(result: FormatCheck, entries: dict[str, zipfile.ZipInfo], prefix: str, size: int) -> str:
+def _missing_storage_bytes(result: FormatCheck, entries: dict[str, zipdir.ZipEntry], prefix: str, size: int) -> str:
     found = result.peek
     if found is None:
         return "data.pkl was not read"
     missing, short = [], []
+    data_prefix = f"{prefix}data/"
     for key, storage in found.storages.items():
-        info = entries.get(f"{prefix}data/{key}")
+        info = entries.get(data_prefix + key)
         if info is None:
             missing.append(key)
-        elif info.file_size < storage.nbytes:
-            short.append(f"{key} ({info.file_size} of {storage.nbytes} bytes)")
+            continue
+        needed = storage.numel * DTYPE_ITEMSIZE.get(storage.dtype, 1)
+        if info.file_size < needed:
+            short.append(f"{key} ({info.file_size} of {needed} bytes)")
         elif info.header_offset + 30 + len(info.filename) + info.compress_size > size:
             short.append(f"{key} (its data runs past the end of the file)")
     overrun = [tensor for tensor in found.tensors if _tensor_overruns(tensor)]

@@ -17,11 +17,14 @@ bytes behind each tensor are present.
 from __future__ import annotations
 
 import collections
+import io
+import pickle
 import pickletools
 import struct
+import threading
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, NamedTuple
 
 # --- torch's weights_only allowlist (torch 2.13, _get_allowed_globals) ---------
 
@@ -99,8 +102,7 @@ _NAME_MAPPING = {("__builtin__", "unicode"): ("builtins", "str"), ("__builtin__"
 # --- placeholders ---------------------------------------------------------------
 
 
-@dataclass(frozen=True)
-class StorageRef:
+class StorageRef(NamedTuple):
     """A tensor storage named by a persistent id; ``numel`` counts elements of ``dtype``."""
 
     key: str
@@ -117,9 +119,11 @@ class StorageRef:
         return self.numel * self.itemsize
 
 
-@dataclass
-class TensorRef:
-    """A tensor that was not loaded: its dtype, shape and where its bytes live."""
+class TensorRef(NamedTuple):
+    """A tensor that was not loaded: its dtype, shape and where its bytes live.
+
+    A named tuple because a checkpoint has thousands of them and a tuple is the cheapest object to build.
+    """
 
     dtype: str
     shape: tuple[int, ...]
@@ -137,25 +141,35 @@ class TensorRef:
 
     def storage_bytes_needed(self) -> int:
         """Return how many bytes of the storage the tensor reaches, from the storage start."""
-        if self.numel == 0:
-            return 0
-        extent = 1 + sum((size - 1) * step for size, step in zip(self.shape, self.stride, strict=False))
+        extent = 1
+        for size, step in zip(self.shape, self.stride, strict=False):
+            if size == 0:
+                return 0
+            extent += (size - 1) * step
         return (self.offset + extent) * DTYPE_ITEMSIZE.get(self.dtype, 1)
 
-    def __repr__(self) -> str:
+    def __repr__(self) -> str:  # noqa: D105
         return f"TensorRef({self.dtype}, {list(self.shape)})"
 
 
-@dataclass(frozen=True)
 class GlobalRef:
     """A global named by the pickle, never imported."""
 
-    module: str
-    name: str
+    __slots__ = ("module", "name", "full_name")
 
-    @property
-    def full_name(self) -> str:
-        return f"{self.module}.{self.name}"
+    def __init__(self, module: str, name: str) -> None:
+        self.module = module
+        self.name = name
+        self.full_name = f"{module}.{name}"
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, GlobalRef) and other.full_name == self.full_name
+
+    def __hash__(self) -> int:
+        return hash(self.full_name)
+
+    def __repr__(self) -> str:
+        return f"GlobalRef({self.full_name})"
 
 
 @dataclass(eq=False)
@@ -168,6 +182,19 @@ class Opaque:
 
     def __repr__(self) -> str:
         return f"<{self.origin}>"
+
+    # The fast path's C unpickler calls these on a value it builds; each only records.
+    def __setstate__(self, state: Any) -> None:
+        self.state = state
+
+    def append(self, _item: Any) -> None:
+        pass
+
+    def extend(self, _items: Any) -> None:
+        pass
+
+    def __setitem__(self, _key: Any, _value: Any) -> None:
+        pass
 
 
 @dataclass
@@ -204,7 +231,14 @@ def peek_pickle(data: Any, *, start: int = 0, persistent_load: PersistentLoad | 
 
     Raises PickleNotSupportedError for an opcode or construct that torch's
     weights_only loader rejects, and EOFError when the data ends before STOP.
+    A whole protocol 2 pickle (what ``torch.save`` writes) is first read by
+    the fast path, see ``_peek_fast``.
     """
+    if start == 0 and isinstance(data, bytes) and data[:2] == b"\x80\x02":
+        try:
+            return _peek_fast(data, persistent_load or _zip_storage)
+        except Exception:  # noqa: BLE001  (nothing foreign ran; the exact reader below names the problem)
+            pass
     reader = _Interpreter(data, start, persistent_load)
     root = reader.run()
     return PeekResult(
@@ -230,6 +264,11 @@ _OP = {name: ord(code) for name, code in (
 )}  # fmt: skip
 
 
+_BINPUT, _BINGET, _BINUNICODE, _BININT1 = _OP["BINPUT"], _OP["BINGET"], _OP["BINUNICODE"], _OP["BININT1"]
+_NEWFALSE, _EMPTY_TUPLE, _TUPLE1, _TUPLE2 = _OP["NEWFALSE"], _OP["EMPTY_TUPLE"], _OP["TUPLE1"], _OP["TUPLE2"]
+_STOP, _MARK, _TUPLE, _SETITEMS, _EMPTY_DICT = _OP["STOP"], _OP["MARK"], _OP["TUPLE"], _OP["SETITEMS"], _OP["EMPTY_DICT"]
+
+
 class _Interpreter:
     """A pickle machine for torch's weights_only opcode subset that never imports anything."""
 
@@ -246,7 +285,6 @@ class _Interpreter:
         self.storages: dict[str, StorageRef] = {}
         self.tensors: list[TensorRef] = []
         self.protocol = 0
-        self.handlers = self._handler_table()
 
     def _read(self, count: int) -> Any:
         end = self.pos + count
@@ -265,57 +303,74 @@ class _Interpreter:
         return line
 
     def run(self) -> Any:
-        data, handlers, stop = self.data, self.handlers, _OP["STOP"]
-        while True:
+        try:
+            return self._run()
+        except (IndexError, struct.error):
             if self.pos >= self.size:
-                raise EOFError(f"pickle data ends at byte {self.size} before its STOP opcode")
-            code = data[self.pos]
-            self.pos += 1
-            if code == stop:
-                return self.stack.pop()
-            handler = handlers.get(code)
-            if handler is None:
-                raise PickleNotSupportedError(_unsupported_opcode(code, self.pos - 1, self.protocol))
-            handler()
+                raise EOFError(f"pickle data ends at byte {self.size} before its STOP opcode") from None
+            raise PickleNotSupportedError(f"malformed pickle: stack underflow at byte {self.pos}") from None
 
-    def _handler_table(self) -> dict[int, Callable[[], None]]:
-        return {
-            _OP["GLOBAL"]: self._global,
-            _OP["NEWOBJ"]: self._newobj,
-            _OP["REDUCE"]: self._reduce,
-            _OP["BUILD"]: self._build,
-            _OP["APPEND"]: self._append,
-            _OP["APPENDS"]: self._appends,
-            _OP["SETITEM"]: self._setitem,
-            _OP["SETITEMS"]: self._setitems,
-            _OP["MARK"]: self._mark,
-            _OP["TUPLE"]: self._tuple,
-            _OP["TUPLE1"]: lambda: self._tuple_n(1),
-            _OP["TUPLE2"]: lambda: self._tuple_n(2),
-            _OP["TUPLE3"]: lambda: self._tuple_n(3),
-            _OP["NONE"]: lambda: self.stack.append(None),
-            _OP["NEWFALSE"]: lambda: self.stack.append(False),
-            _OP["NEWTRUE"]: lambda: self.stack.append(True),
-            _OP["EMPTY_TUPLE"]: lambda: self.stack.append(()),
-            _OP["EMPTY_LIST"]: lambda: self.stack.append([]),
-            _OP["EMPTY_DICT"]: lambda: self.stack.append({}),
-            _OP["EMPTY_SET"]: lambda: self.stack.append(set()),
-            _OP["BININT"]: lambda: self.stack.append(struct.unpack("<i", self._read(4))[0]),
-            _OP["BININT1"]: lambda: self.stack.append(self._read(1)[0]),
-            _OP["BININT2"]: lambda: self.stack.append(struct.unpack("<H", self._read(2))[0]),
-            _OP["BINFLOAT"]: lambda: self.stack.append(struct.unpack(">d", self._read(8))[0]),
-            _OP["BINUNICODE"]: self._binunicode,
-            _OP["SHORT_BINSTRING"]: lambda: self.stack.append(bytes(self._read(self._read(1)[0]))),
-            _OP["BINPERSID"]: self._binpersid,
-            _OP["BINGET"]: lambda: self.stack.append(self._memo_get(self._read(1)[0])),
-            _OP["LONG_BINGET"]: lambda: self.stack.append(self._memo_get(struct.unpack("<I", self._read(4))[0])),
-            _OP["BINPUT"]: lambda: self._memo_put(self._read(1)[0]),
-            _OP["LONG_BINPUT"]: lambda: self._memo_put(struct.unpack("<I", self._read(4))[0]),
-            _OP["LONG1"]: lambda: self.stack.append(int.from_bytes(bytes(self._read(self._read(1)[0])), "little", signed=True)),
-            _OP["PROTO"]: self._proto,
-        }  # fmt: skip
-
-    # stack helpers
+    def _run(self) -> Any:
+        # The most frequent opcodes of a torch state dict are inlined with local
+        # variables: a checkpoint of 200 tensors has about 10,000 opcodes.
+        data, size, memo, metastack, handlers = self.data, self.size, self.memo, self.metastack, _HANDLERS
+        unpack_from = struct.unpack_from
+        stack = self.stack
+        pos = self.pos
+        while True:
+            code = data[pos]
+            pos += 1
+            if code == _BINPUT:
+                memo[data[pos]] = stack[-1]
+                pos += 1
+            elif code == _BININT1:
+                stack.append(data[pos])
+                pos += 1
+            elif code == _BINUNICODE:
+                (length,) = unpack_from("<I", data, pos)
+                end = pos + 4 + length
+                if end > size:
+                    self.pos = size
+                    raise EOFError(f"pickle data ends at byte {size}, inside a string at byte {pos}")
+                stack.append(str(data[pos + 4 : end], "utf-8", "surrogatepass"))
+                pos = end
+            elif code == _BINGET:
+                stack.append(self._memo_get(data[pos]))
+                pos += 1
+            elif code == _MARK:
+                metastack.append(stack)
+                stack = []
+            elif code == _TUPLE:
+                packed = tuple(stack)
+                stack = metastack.pop()
+                stack.append(packed)
+            elif code == _SETITEMS and type(stack[-1] if not metastack else metastack[-1][-1]) is dict:
+                items = stack
+                stack = metastack.pop()
+                target = stack[-1]
+                for index in range(0, len(items), 2):
+                    target[items[index]] = items[index + 1]
+            elif code == _NEWFALSE:
+                stack.append(False)
+            elif code == _EMPTY_TUPLE:
+                stack.append(())
+            elif code == _EMPTY_DICT:
+                stack.append({})
+            elif code == _TUPLE1:
+                stack[-1] = (stack[-1],)
+            elif code == _TUPLE2:
+                stack[-2:] = [(stack[-2], stack[-1])]
+            elif code == _STOP:
+                self.pos = pos
+                return stack.pop()
+            else:
+                handler = handlers.get(code)
+                if handler is None:
+                    raise PickleNotSupportedError(_unsupported_opcode(code, pos - 1, self.protocol))
+                self.pos, self.stack = pos, stack
+                handler(self)
+                # Handlers may replace the stack (MARK, TUPLE) and move the position.
+                stack, pos = self.stack, self.pos
 
     def _mark(self) -> None:
         self.metastack.append(self.stack)
@@ -356,7 +411,13 @@ class _Interpreter:
     # risky opcodes: interpreted by name, never executed
 
     def _global(self) -> None:
-        module, name = self._readline(), self._readline()
+        first = self.data.find(b"\n", self.pos)
+        second = self.data.find(b"\n", first + 1) if first >= 0 else -1
+        if second < 0:
+            raise EOFError("pickle data ends inside a GLOBAL name")
+        module = bytes(self.data[self.pos : first]).decode("utf-8")
+        name = bytes(self.data[first + 1 : second]).decode("utf-8")
+        self.pos = second + 1
         if (module, name) in _NAME_MAPPING:
             module, name = _NAME_MAPPING[(module, name)]
         else:
@@ -371,6 +432,17 @@ class _Interpreter:
     def _reduce(self) -> None:
         args = self.stack.pop()
         func = self.stack[-1]
+        handler = _CALLS.get(func.full_name) if type(func) is GlobalRef and func.full_name not in self.blocked else None
+        if handler is not None and type(args) is tuple:
+            # The common case: an allowed rebuild function or container, called by name.
+            try:
+                result = handler(*args)
+            except (TypeError, ValueError, IndexError, OverflowError) as exc:
+                raise PickleNotSupportedError(f"{func.full_name} called with unexpected arguments ({exc})") from None
+            if type(result) is TensorRef:
+                self.tensors.append(result)
+            self.stack[-1] = result
+            return
         self.stack[-1] = self._call(func, args)
 
     def _newobj(self) -> None:
@@ -453,6 +525,44 @@ class _Interpreter:
         return result
 
 
+# Every opcode torch's weights_only loader accepts. _Interpreter._run inlines the most frequent ones.
+_HANDLERS: dict[int, Callable[[_Interpreter], None]] = {
+    _OP["GLOBAL"]: _Interpreter._global,
+    _OP["NEWOBJ"]: _Interpreter._newobj,
+    _OP["REDUCE"]: _Interpreter._reduce,
+    _OP["BUILD"]: _Interpreter._build,
+    _OP["APPEND"]: _Interpreter._append,
+    _OP["APPENDS"]: _Interpreter._appends,
+    _OP["SETITEM"]: _Interpreter._setitem,
+    _OP["SETITEMS"]: _Interpreter._setitems,
+    _OP["MARK"]: _Interpreter._mark,
+    _OP["TUPLE"]: _Interpreter._tuple,
+    _OP["TUPLE1"]: lambda self: self._tuple_n(1),
+    _OP["TUPLE2"]: lambda self: self._tuple_n(2),
+    _OP["TUPLE3"]: lambda self: self._tuple_n(3),
+    _OP["NONE"]: lambda self: self.stack.append(None),
+    _OP["NEWFALSE"]: lambda self: self.stack.append(False),
+    _OP["NEWTRUE"]: lambda self: self.stack.append(True),
+    _OP["EMPTY_TUPLE"]: lambda self: self.stack.append(()),
+    _OP["EMPTY_LIST"]: lambda self: self.stack.append([]),
+    _OP["EMPTY_DICT"]: lambda self: self.stack.append({}),
+    _OP["EMPTY_SET"]: lambda self: self.stack.append(set()),
+    _OP["BININT"]: lambda self: self.stack.append(struct.unpack("<i", self._read(4))[0]),
+    _OP["BININT1"]: lambda self: self.stack.append(self._read(1)[0]),
+    _OP["BININT2"]: lambda self: self.stack.append(struct.unpack("<H", self._read(2))[0]),
+    _OP["BINFLOAT"]: lambda self: self.stack.append(struct.unpack(">d", self._read(8))[0]),
+    _OP["BINUNICODE"]: _Interpreter._binunicode,
+    _OP["SHORT_BINSTRING"]: lambda self: self.stack.append(bytes(self._read(self._read(1)[0]))),
+    _OP["BINPERSID"]: _Interpreter._binpersid,
+    _OP["BINGET"]: lambda self: self.stack.append(self._memo_get(self._read(1)[0])),
+    _OP["LONG_BINGET"]: lambda self: self.stack.append(self._memo_get(struct.unpack("<I", self._read(4))[0])),
+    _OP["BINPUT"]: lambda self: self._memo_put(self._read(1)[0]),
+    _OP["LONG_BINPUT"]: lambda self: self._memo_put(struct.unpack("<I", self._read(4))[0]),
+    _OP["LONG1"]: lambda self: self.stack.append(int.from_bytes(bytes(self._read(self._read(1)[0])), "little", signed=True)),
+    _OP["PROTO"]: _Interpreter._proto,
+        }  # fmt: skip
+
+
 # --- the allowed globals, interpreted by name -----------------------------------
 
 
@@ -476,23 +586,24 @@ def _rebuild_v3(storage: Any, offset: int, size: Any, stride: Any, _grad: Any, _
 
 def _tensor(storage: Any, dtype: str, offset: int, size: Any, stride: Any) -> TensorRef:
     return TensorRef(
-        dtype=dtype,
-        shape=tuple(int(item) for item in size),
-        storage=storage if isinstance(storage, StorageRef) else None,
-        offset=int(offset),
-        stride=tuple(int(item) for item in stride),
+        dtype,
+        tuple(map(int, size)),
+        storage if isinstance(storage, StorageRef) else None,
+        int(offset),
+        tuple(map(int, stride)),
     )
 
 
 def _as_parameter(data: Any, *_rest: Any) -> Any:
     if isinstance(data, TensorRef):
-        data.parameter = True
+        return data._replace(parameter=True)
     return data
 
 
 def _from_type_v2(func: Any, _new_type: Any, args: Any, _state: Any) -> Any:
-    if isinstance(func, GlobalRef) and isinstance(args, tuple):
-        return _call_allowed(func.full_name, args)
+    name = _global_name(func)
+    if name and isinstance(args, tuple):
+        return _call_allowed(name, args)
     return Opaque(_origin(func), args)
 
 
@@ -545,6 +656,7 @@ _CALLS: dict[str, Callable[..., Any]] = {
     "torch._utils._rebuild_device_tensor_from_cpu_tensor": _device_tensor,
     "torch._utils._rebuild_device_tensor_from_numpy": _device_tensor,
     "torch._tensor._rebuild_from_type_v2": _from_type_v2,
+    "torch.nn.parameter.Parameter": _as_parameter,
 }
 
 
@@ -565,7 +677,7 @@ def legacy_storage(pid: tuple[Any, ...]) -> StorageRef:
 
 
 def _storage_dtype(storage_type: Any) -> str:
-    name = storage_type.name if isinstance(storage_type, GlobalRef) else ""
+    name = getattr(storage_type, "name", "") if _global_name(storage_type) else ""
     if name in ("UntypedStorage", "TypedStorage"):
         return "uint8"
     if name in STORAGE_DTYPE:
@@ -574,14 +686,21 @@ def _storage_dtype(storage_type: Any) -> str:
 
 
 def _dtype_name(dtype: Any) -> str:
-    if isinstance(dtype, GlobalRef) and dtype.module == "torch" and dtype.name in DTYPE_ITEMSIZE:
-        return dtype.name
-    return "unknown"
+    module, _, name = (_global_name(dtype) or "").rpartition(".")
+    return name if module == "torch" and name in DTYPE_ITEMSIZE else "unknown"
+
+
+def _global_name(value: Any) -> str | None:
+    """Return the dotted name of a global reference of either reader, or None for other values."""
+    if isinstance(value, GlobalRef) or (isinstance(value, type) and issubclass(value, _StandIn)):
+        return value.full_name
+    return None
 
 
 def _origin(value: Any) -> str:
-    if isinstance(value, GlobalRef):
-        return value.full_name
+    name = _global_name(value)
+    if name:
+        return name
     if isinstance(value, Opaque):
         return value.origin
     return type(value).__name__
@@ -612,3 +731,108 @@ def find_tensors(tree: Any) -> dict[str, TensorRef]:
     if all(isinstance(key, str) and isinstance(value, TensorRef) for key, value in tree.items()):
         return dict(tree)
     return {}
+
+
+# --- the fast path ----------------------------------------------------------------
+
+
+class _StandIn:
+    """Base of the classes the fast path gives the C unpickler in place of globals.
+
+    Calling one (REDUCE) or creating one (NEWOBJ) runs the interpretation by
+    name that the exact reader uses, never the real global.
+    """
+
+    module = ""
+    name = ""
+    full_name = ""
+    blocked = False
+    handler: Callable[..., Any] | None = None
+
+    def __new__(cls, *args: Any) -> Any:
+        if cls.blocked:
+            return Opaque(cls.full_name, args)
+        handler = cls.handler
+        result = handler(*args) if handler is not None else _call_allowed(cls.full_name, args)
+        if type(result) is TensorRef:
+            _LOADING.tensors.append(result)
+        return result
+
+
+# Stand-ins for allowed globals are built once (a fixed set of about 150 names);
+# a blocked global gets a new one per read, so a crafted file cannot grow this cache.
+_ALLOWED_STAND_INS: dict[str, type[_StandIn]] = {}
+# The tensor list of the read in progress, per thread.
+_LOADING = threading.local()
+
+
+def _stand_in(module: str, name: str, full: str, blocked: bool) -> type[_StandIn]:
+    attributes = {"module": module, "name": name, "full_name": full, "blocked": blocked, "handler": _CALLS.get(full)}
+    return type("StandIn", (_StandIn,), attributes)
+
+
+class _FastUnpickler(pickle.Unpickler):
+    """The standard C unpickler with every global replaced by a ``_StandIn`` class."""
+
+    def __init__(self, data: bytes, load_storage: PersistentLoad) -> None:
+        self.stream = io.BytesIO(data)
+        super().__init__(self.stream, encoding="bytes")
+        self.load_storage = load_storage
+        self.seen: dict[str, type[_StandIn]] = {}
+        self.blocked: dict[str, None] = {}
+        self.storages: dict[str, StorageRef] = {}
+
+    def find_class(self, module: str, name: str) -> Any:
+        if (module, name) in _NAME_MAPPING:
+            module, name = _NAME_MAPPING[(module, name)]
+        else:
+            module = _IMPORT_MAPPING.get(module, module)
+        full = f"{module}.{name}"
+        stand_in = self.seen.get(full)
+        if stand_in is not None:
+            return stand_in
+        if full in WEIGHTS_ONLY_GLOBALS:
+            stand_in = _ALLOWED_STAND_INS.get(full)
+            if stand_in is None:
+                stand_in = _ALLOWED_STAND_INS[full] = _stand_in(module, name, full, False)
+        else:
+            self.blocked[full] = None
+            stand_in = _stand_in(module, name, full, True)
+        self.seen[full] = stand_in
+        return stand_in
+
+    def persistent_load(self, pid: Any) -> Any:
+        if type(pid) is not tuple or not pid or _ascii(pid[0]) != "storage":
+            raise PickleNotSupportedError("persistent id does not name a storage")
+        storage = self.load_storage(pid)
+        if isinstance(storage, StorageRef):
+            self.storages.setdefault(storage.key, storage)
+        return storage
+
+
+def _peek_fast(data: bytes, load_storage: PersistentLoad) -> PeekResult:
+    """Read a protocol 2 pickle with the C unpickler and stand-in globals, several times faster.
+
+    NOTE: the C unpickler accepts protocol 2 opcodes that torch's
+    weights_only loader rejects (POP, POP_MARK, DUP, LONG4, EXT1-4 and the
+    text opcodes). Python's pickler writes them only for recursive tuples,
+    integers above 2**2040 and registered extensions, which torch.save of a
+    checkpoint does not produce. A crafted file using them is judged
+    loadable here although torch would reject it; nothing in it runs either way.
+    """
+    reader = _FastUnpickler(data, load_storage)
+    tensors: list[TensorRef] = []
+    _LOADING.tensors = tensors
+    try:
+        root = reader.load()
+    finally:
+        _LOADING.tensors = []
+    return PeekResult(
+        root=root,
+        globals=list(reader.seen),
+        blocked=list(reader.blocked),
+        storages=reader.storages,
+        tensors=tensors,
+        protocol=2,
+        end=reader.stream.tell(),
+    )

@@ -153,3 +153,31 @@ def test_trainer_folder_complete_and_partial(tmp_path: Path) -> None:
     assert "missing optimizer.pt" in partial.reason
     assert "missing trainer_state.json" in partial.reason
     assert "model.safetensors truncated" in partial.reason
+
+
+def _both_readers(data: bytes) -> tuple[object, object]:
+    from kaggle_relay.runtime import peek
+
+    exact = peek._Interpreter(data, 0, None)
+    exact_root = exact.run()
+    fast = peek._peek_fast(data, peek._zip_storage)
+    return (exact_root, sorted(exact.blocked), sorted(exact.storages)), (fast.root, sorted(fast.blocked), sorted(fast.storages))
+
+
+def test_fast_and_exact_readers_agree(tmp_path: Path) -> None:
+    numpy = pytest.importorskip("numpy")
+    from kaggle_relay.runtime import zipdir
+
+    objects = {
+        "state": {"model": tiny_state(), "epoch": 2, "metrics": {"loss": 0.5}, "name": "x", "raw": b"ab"},
+        "numpy": {"rng": numpy.random.get_state(), "best": numpy.float64(0.25)},
+        "loss": {"loss": torch.nn.MSELoss(), "p": torch.nn.Parameter(torch.ones(3))},
+    }
+    for name, obj in objects.items():
+        path = save(tmp_path / f"{name}.pt", obj)
+        with open(path, "rb") as handle:
+            entries = zipdir.read_directory(handle, path.stat().st_size)
+            data = zipdir.read_entry(handle, entries[f"{name}/data.pkl"])
+        exact, fast = _both_readers(data)
+        assert repr(exact[0]) == repr(fast[0]), name
+        assert exact[1:] == fast[1:], name

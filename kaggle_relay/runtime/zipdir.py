@@ -1,0 +1,130 @@
+"""A minimal reader of a zip archive's central directory, for torch checkpoints.
+
+``zipfile.ZipFile`` does the same job but builds a full ``ZipInfo`` per entry.
+In bench/bench_scan.py (200 small checkpoints) that was about a third of
+the validation time. This reader parses only the fields a completeness check needs, supports
+zip64 (torch writes it above 4 GiB) and reads stored or deflated entries.
+Anything else it does not expect raises ``zipfile.BadZipFile``, the same
+error ``zipfile`` raises, so callers handle one type.
+"""
+
+from __future__ import annotations
+
+import struct
+import zipfile
+import zlib
+from dataclasses import dataclass
+from typing import BinaryIO
+
+_EOCD = b"PK\x05\x06"
+_EOCD64_LOCATOR = b"PK\x06\x07"
+_CENTRAL = b"PK\x01\x02"
+_LOCAL = b"PK\x03\x04"
+_EOCD_SIZE = 22
+_CENTRAL_SIZE = 46
+_LOCAL_SIZE = 30
+# The end record may be followed by an archive comment of up to 64 KiB.
+_TAIL = _EOCD_SIZE + 0xFFFF
+_ZIP64_EXTRA = 0x0001
+_FULL32 = 0xFFFFFFFF
+
+
+@dataclass
+class ZipEntry:
+    """One central directory record; field names follow ``zipfile.ZipInfo``."""
+
+    filename: str
+    header_offset: int
+    compress_size: int
+    file_size: int
+    compress_type: int
+    CRC: int
+
+
+def read_directory(handle: BinaryIO, size: int) -> dict[str, ZipEntry]:
+    """Return the entries of the zip archive open in ``handle`` (``size`` bytes long), by name."""
+    tail_start = max(0, size - _TAIL)
+    handle.seek(tail_start)
+    tail = handle.read(size - tail_start)
+    end = tail.rfind(_EOCD)
+    if end < 0 or end + _EOCD_SIZE > len(tail):
+        raise zipfile.BadZipFile("end of central directory record not found")
+    count, directory_size, directory_offset = struct.unpack_from("<HII", tail, end + 10)
+    if _FULL32 in (directory_size, directory_offset) or count == 0xFFFF:
+        count, directory_size, directory_offset = _zip64_end(handle, tail, end, tail_start)
+    if directory_offset + directory_size > size:
+        raise zipfile.BadZipFile("central directory runs past the end of the file")
+    handle.seek(directory_offset)
+    directory = handle.read(directory_size)
+    return _parse_entries(directory, count)
+
+
+def _zip64_end(handle: BinaryIO, tail: bytes, end: int, tail_start: int) -> tuple[int, int, int]:
+    locator = end - 20
+    if locator < 0 or tail[locator : locator + 4] != _EOCD64_LOCATOR:
+        raise zipfile.BadZipFile("zip64 end of central directory locator not found")
+    (record_offset,) = struct.unpack_from("<Q", tail, locator + 8)
+    handle.seek(record_offset)
+    record = handle.read(56)
+    if len(record) < 56 or record[:4] != b"PK\x06\x06":
+        raise zipfile.BadZipFile("zip64 end of central directory record not found")
+    count, directory_size, directory_offset = struct.unpack_from("<QQQ", record, 32)
+    return count, directory_size, directory_offset
+
+
+def _parse_entries(directory: bytes, count: int) -> dict[str, ZipEntry]:
+    entries: dict[str, ZipEntry] = {}
+    position = 0
+    for _ in range(count):
+        if directory[position : position + 4] != _CENTRAL:
+            raise zipfile.BadZipFile(f"bad central directory record at offset {position}")
+        (method, crc, compressed, uncompressed, name_length, extra_length, comment_length) = struct.unpack_from(
+            "<HxxxxIIIHHH", directory, position + 10
+        )
+        (offset,) = struct.unpack_from("<I", directory, position + 42)
+        name_start = position + _CENTRAL_SIZE
+        name = directory[name_start : name_start + name_length].decode("utf-8", "replace")
+        extra = directory[name_start + name_length : name_start + name_length + extra_length]
+        if _FULL32 in (compressed, uncompressed, offset):
+            uncompressed, compressed, offset = _zip64_sizes(extra, uncompressed, compressed, offset)
+        entries[name] = ZipEntry(name, offset, compressed, uncompressed, method, crc)
+        position = name_start + name_length + extra_length + comment_length
+    return entries
+
+
+def _zip64_sizes(extra: bytes, uncompressed: int, compressed: int, offset: int) -> tuple[int, int, int]:
+    # The zip64 extra field lists, in this order, only the values whose 32-bit field is full.
+    position = 0
+    while position + 4 <= len(extra):
+        kind, length = struct.unpack_from("<HH", extra, position)
+        if kind == _ZIP64_EXTRA:
+            values = list(struct.unpack_from(f"<{length // 8}Q", extra, position + 4))
+            if uncompressed == _FULL32 and values:
+                uncompressed = values.pop(0)
+            if compressed == _FULL32 and values:
+                compressed = values.pop(0)
+            if offset == _FULL32 and values:
+                offset = values.pop(0)
+            return uncompressed, compressed, offset
+        position += 4 + length
+    raise zipfile.BadZipFile("zip64 sizes missing from an entry's extra field")
+
+
+def read_entry(handle: BinaryIO, entry: ZipEntry) -> bytes:
+    """Read and CRC-check one stored or deflated entry."""
+    handle.seek(entry.header_offset)
+    header = handle.read(_LOCAL_SIZE)
+    if len(header) < _LOCAL_SIZE or header[:4] != _LOCAL:
+        raise zipfile.BadZipFile(f"bad local header for {entry.filename}")
+    name_length, extra_length = struct.unpack_from("<HH", header, 26)
+    handle.seek(entry.header_offset + _LOCAL_SIZE + name_length + extra_length)
+    data = handle.read(entry.compress_size)
+    if len(data) < entry.compress_size:
+        raise zipfile.BadZipFile(f"{entry.filename} is cut short")
+    if entry.compress_type == zipfile.ZIP_DEFLATED:
+        data = zlib.decompress(data, -15)
+    elif entry.compress_type != zipfile.ZIP_STORED:
+        raise zipfile.BadZipFile(f"{entry.filename} uses compression method {entry.compress_type}")
+    if zlib.crc32(data) != entry.CRC:
+        raise zipfile.BadZipFile(f"CRC check failed for {entry.filename}")
+    return data
