@@ -17,7 +17,14 @@ from kaggle_relay.runtime.peek import (
     TensorRef,
     peek_pickle,
 )
-from tests.runtime.builders import cut, save, save_safetensors, tiny_state, trainer_folder
+from tests.runtime.builders import (
+    CommandPayload,
+    cut,
+    save,
+    save_safetensors,
+    tiny_state,
+    trainer_folder,
+)
 
 
 def test_allowlist_matches_installed_torch() -> None:
@@ -172,6 +179,7 @@ def test_fast_and_exact_readers_agree(tmp_path: Path) -> None:
         "state": {"model": tiny_state(), "epoch": 2, "metrics": {"loss": 0.5}, "name": "x", "raw": b"ab"},
         "numpy": {"rng": numpy.random.get_state(), "best": numpy.float64(0.25)},
         "loss": {"loss": torch.nn.MSELoss(), "p": torch.nn.Parameter(torch.ones(3))},
+        "payload": {"model": tiny_state(), "x": CommandPayload(tmp_path / "payload-ran")},
     }
     for name, obj in objects.items():
         path = save(tmp_path / f"{name}.pt", obj)
@@ -181,3 +189,4 @@ def test_fast_and_exact_readers_agree(tmp_path: Path) -> None:
         exact, fast = _both_readers(data)
         assert repr(exact[0]) == repr(fast[0]), name
         assert exact[1:] == fast[1:], name
+    assert not (tmp_path / "payload-ran").exists()
