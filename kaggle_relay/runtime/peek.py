@@ -17,12 +17,14 @@ bytes behind each tensor are present.
 from __future__ import annotations
 
 import collections
+import contextlib
+import gc
 import io
 import pickle
 import pickletools
 import struct
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any, NamedTuple
 
@@ -234,13 +236,14 @@ def peek_pickle(data: Any, *, start: int = 0, persistent_load: PersistentLoad | 
     A whole protocol 2 pickle (what ``torch.save`` writes) is first read by
     the fast path, see ``_peek_fast``.
     """
-    if start == 0 and isinstance(data, bytes) and data[:2] == b"\x80\x02":
-        try:
-            return _peek_fast(data, persistent_load or _zip_storage)
-        except Exception:  # noqa: BLE001  (nothing foreign ran; the exact reader below names the problem)
-            pass
-    reader = _Interpreter(data, start, persistent_load)
-    root = reader.run()
+    with _gc_paused():
+        if start == 0 and isinstance(data, bytes) and data[:2] == b"\x80\x02":
+            try:
+                return _peek_fast(data, persistent_load or _zip_storage)
+            except Exception:  # noqa: BLE001  (nothing foreign ran; the exact reader below names the problem)
+                pass
+        reader = _Interpreter(data, start, persistent_load)
+        root = reader.run()
     return PeekResult(
         root=root,
         globals=list(reader.globals),
@@ -250,6 +253,20 @@ def peek_pickle(data: Any, *, start: int = 0, persistent_load: PersistentLoad | 
         protocol=reader.protocol,
         end=reader.pos,
     )
+
+
+@contextlib.contextmanager
+def _gc_paused() -> Iterator[None]:
+    # A read builds thousands of small objects that all stay alive. In a process
+    # that imported torch (about 170,000 tracked objects) the collections this
+    # triggers tripled the median time of validating a 256-tensor checkpoint.
+    enabled = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if enabled:
+            gc.enable()
 
 
 _OP = {name: ord(code) for name, code in (
