@@ -137,6 +137,9 @@ def copy_project(config_path: Path, dest: Path, *, session_limit: float, days: i
     """Copy the project into ``dest`` with rehearsal settings; return the copy's relay.toml."""
     import tomllib
 
+    from kaggle_relay.relay.config import load_config
+
+    load_config(config_path)  # a missing or invalid relay.toml fails here, before anything is copied
     source = config_path.resolve().parent
     shutil.copytree(source, dest, ignore=shutil.ignore_patterns(".relay", ".git", "__pycache__", "demo"))
     path = dest / config_path.name

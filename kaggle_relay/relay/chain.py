@@ -23,7 +23,6 @@ already happened instead of repeating it:
 from __future__ import annotations
 
 import datetime as dt
-import fnmatch
 import logging
 import time
 import uuid
@@ -56,12 +55,16 @@ from kaggle_relay.relay.ledger import (
     work_dir,
 )
 from kaggle_relay.relay.refs import DatasetRef, KernelRef
-from kaggle_relay.runtime.manifest import MANIFEST_NAME, utc_now
+from kaggle_relay.relay.stop import stop_reason, trailing_failures
+from kaggle_relay.runtime.manifest import utc_now
 
 log = logging.getLogger(__name__)
 
-#: Called with a step name between steps; tests raise from it to simulate a crash there.
+#: Called with a step name at each point where a crash must be survivable: before each
+#: step ("push", "poll", "harvest", "publish", "ready") and right after the two calls
+#: that change Kaggle ("pushed", "published"). Tests raise from it to simulate a crash there.
 Hook = Callable[[str], None]
+HOOK_POINTS = ("push", "pushed", "poll", "harvest", "publish", "published", "ready")
 
 
 @dataclass
@@ -182,7 +185,9 @@ def _step(context: Context) -> bool:
 
 def _push(context: Context) -> bool:
     ledger, chain = context.ledger, context.chain
-    if _stop_before_push(context):
+    reason = stop_reason(chain, ledger.data)
+    if reason:
+        _stop(context, reason)
         return True
     open_step = ledger.open_step()
     if open_step and open_step["step"] == "push":
@@ -197,9 +202,7 @@ def _push(context: Context) -> bool:
             context.outcome.blocked = f"{error} ({error.hint})"
             ledger.warn(str(error), hint=error.hint)
             return False
-        run = _new_run(context)
-        ledger.runs.append(run)
-        ledger.save()
+        run = _unpushed_run(ledger) or _new_run(context)
 
     folder = work_dir(context.state_dir, chain.name) / "runs" / run.run_id / "push"
     metadata = build_push_folder(
@@ -212,6 +215,7 @@ def _push(context: Context) -> bool:
     context.step("push")
     ledger.begin("push", run_id=run.run_id)
     result = _call_push(context, folder, metadata)
+    context.step("pushed")
     run.kernel_version = result.ref.version
     run.kernel = context.kernel.id
     run.pushed_at = utc_now()
@@ -220,6 +224,14 @@ def _push(context: Context) -> bool:
     ledger.end("push", run_id=run.run_id, kernel_version=run.kernel_version)
     context.say("day %d: pushed %s version %s (%s)", run.day, run.kernel, run.kernel_version, _handoff_text(run))
     return True
+
+
+def _unpushed_run(ledger: Ledger) -> Run | None:
+    """Return the current run when no version of it reached Kaggle, so a retried push reuses its day."""
+    run = ledger.current
+    if run is not None and run.kernel_version is None:
+        return run
+    return None
 
 
 def _call_push(context: Context, folder: Path, metadata: dict[str, Any]) -> Any:
@@ -242,17 +254,21 @@ def _call_push(context: Context, folder: Path, metadata: dict[str, Any]) -> Any:
 
 
 def _new_run(context: Context) -> Run:
+    """Append a run for the next day to the ledger and save it."""
     ledger, chain = context.ledger, context.chain
     day = ledger.days + 1
     stamp = dt.datetime.now(dt.timezone.utc).strftime("%Y%m%dT%H%M%S")
     handoff = ledger.data.handoff
-    return Run(
+    run = Run(
         day=day,
         run_id=f"{chain.name}-d{day:03d}-{stamp}-{uuid.uuid4().hex[:4]}",
         handoff_in=DatasetPin(dataset=handoff.dataset, version=handoff.version) if handoff else None,
         accelerator=chain.accelerator,
         session_limit=chain.session_limit,
     )
+    ledger.runs.append(run)
+    ledger.save()
+    return run
 
 
 def _session_env(context: Context, run: Run) -> SessionEnv:
@@ -376,18 +392,18 @@ def _poll(context: Context) -> bool:
 
 
 def _after_harvest(context: Context, run: Run, found: CheckpointInfo | None) -> None:
-    ledger, stop = context.ledger, context.chain.stop
+    ledger, rules = context.ledger, context.chain.stop
     if found is not None:
         run.checkpoint = found
         ledger.set_state("publishing")
         return
-    failed = _trailing(ledger.runs, "no_checkpoint")
-    if failed > stop.max_failed_runs:
+    failed = trailing_failures(ledger.runs)
+    if failed > rules.max_failed_runs:
         ledger.fail(
             f"{failed} session(s) in a row ended without a newer valid checkpoint (last: version "
             f"{run.kernel_version} {run.status}{': ' + run.failure_message if run.failure_message else ''})",
-            hint="read the session log in .relay/" + context.chain.name + "/runs/" + run.run_id
-            + "/output, fix the training script, then run `kaggle-relay next-day --retry`",
+            hint=f"read the session log in .relay/{context.chain.name}/runs/{run.run_id}/download/, fix the "
+            "training script, then run `kaggle-relay next-day --retry`",
             run_id=run.run_id,
         )
         return
@@ -395,23 +411,11 @@ def _after_harvest(context: Context, run: Run, found: CheckpointInfo | None) -> 
     ledger.set_state("idle")
 
 
-def _trailing(runs: list[Run], outcome: str) -> int:
-    count = 0
-    for run in reversed(runs):
-        if run.outcome != outcome:
-            break
-        count += 1
-    return count
-
-
 # --- publishing and waiting -------------------------------------------------------------
 
 
 def _publish(context: Context) -> bool:
-    from kaggle_relay.relay import (
-        datasets,
-        publish,  # type: ignore[attr-defined,unused-ignore]
-    )
+    from kaggle_relay.relay import datasets, publish
 
     ledger, chain = context.ledger, context.chain
     run = ledger.current
@@ -451,6 +455,7 @@ def _publish(context: Context) -> bool:
             raise
         _record_published(context, run, found.number)
         return False
+    context.step("published")
     version = result.dataset.version
     assert version is not None
     _record_published(context, run, version)
@@ -487,78 +492,24 @@ def _wait_ready(context: Context) -> bool:
 
 
 def _finish_handoff(context: Context, run: Run, *, verified: bool) -> None:
-    """Make the published version the handoff of the next push, then apply the stop rules."""
+    """Make the published version the handoff of the next push; the stop rules run before that push."""
     ledger = context.ledger
     assert run.published is not None and verified
     ledger.data.handoff = Handoff(
         dataset=run.published.dataset, version=run.published.version, run_id=run.run_id, checkpoint=run.checkpoint
     )
+    best = ledger.data.best
+    if best is not None and best.run_id == run.run_id and run.checkpoint and best.checkpoint.file == run.checkpoint.file:
+        best.dataset_version = run.published.version
     ledger.data.state = "idle"
     ledger.end("ready", run_id=run.run_id, dataset_version=run.published.version)
-    reason = _stop_reason(context, run)
-    if reason:
-        ledger.data.state = "done"
-        ledger.end("stop", run_id=run.run_id, reason=reason)
-        context.say("done: %s", reason)
 
 
-# --- stop rules ---------------------------------------------------------------------------
-
-
-def _stop_before_push(context: Context) -> bool:
-    stop = context.chain.stop
-    if stop.max_days is not None and context.ledger.days >= stop.max_days:
-        context.ledger.data.state = "done"
-        context.ledger.end("stop", reason=f"max_days ({stop.max_days}) reached")
-        context.say("done: max_days (%d) reached", stop.max_days)
-        return True
-    return False
-
-
-def _stop_reason(context: Context, run: Run) -> str:
-    chain, checkpoint = context.chain, run.checkpoint
-    if checkpoint is not None and chain.stop.done_flag and checkpoint.done:
-        return f"the training script marked the run done at epoch {checkpoint.epoch}"
-    value = checkpoint.metrics.get(chain.metric) if checkpoint and chain.metric else None
-    target = chain.stop.target
-    if value is not None and target is not None and _reached(value, target, chain.mode):
-        return f"{chain.metric} = {value:.4g} reached the target {target:.4g}"
-    if chain.stop.no_progress_runs and _trailing(context.ledger.runs, "no_progress") >= chain.stop.no_progress_runs:
-        return f"no better {chain.metric or 'step'} in the last {chain.stop.no_progress_runs} sessions"
-    if chain.stop.max_days is not None and context.ledger.days >= chain.stop.max_days:
-        return f"max_days ({chain.stop.max_days}) reached"
-    return ""
-
-
-def _reached(value: float, target: float, mode: str | None) -> bool:
-    return value <= target if mode == "min" else value >= target
-
-
-def progress_outcome(context: Context, found: CheckpointInfo) -> str:
-    """Classify a newer checkpoint as ``progress`` (a better metric than any earlier run) or ``no_progress``."""
-    chain = context.chain
-    value = found.metrics.get(chain.metric) if chain.metric else None
-    if value is None:
-        return "progress"
-    earlier = [
-        run.checkpoint.metrics[chain.metric]
-        for run in context.ledger.runs[:-1]
-        if run.checkpoint is not None and chain.metric in run.checkpoint.metrics
-    ]
-    if not earlier:
-        return "progress"
-    best = min(earlier) if chain.mode == "min" else max(earlier)
-    return "progress" if _better(value, best, chain.mode) else "no_progress"
-
-
-def _better(value: float, than: float, mode: str | None) -> bool:
-    return value < than if mode == "min" else value > than
-
-
-def download_pattern(chain: ChainConfig) -> str:
-    """Return the regex of output names to download: checkpoints, the manifest and carried files."""
-    globs = [*chain.patterns, MANIFEST_NAME, *chain.carry]
-    return "(?:^|/)(?:" + "|".join(fnmatch.translate(glob) for glob in globs) + ")"
+def _stop(context: Context, reason: str) -> None:
+    run = context.ledger.current
+    context.ledger.data.state = "done"
+    context.ledger.end("stop", run_id=run.run_id if run else "", reason=reason)
+    context.say("done: %s", reason)
 
 
 def retry_failed(chain: ChainConfig) -> bool:

@@ -15,11 +15,14 @@ from __future__ import annotations
 import fnmatch
 import logging
 import re
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from kaggle_relay.errors import CheckpointInvalidError
-from kaggle_relay.relay.ledger import CheckpointInfo, Run, work_dir
+from kaggle_relay.relay import stop
+from kaggle_relay.relay.config import ChainConfig
+from kaggle_relay.relay.ledger import Best, CheckpointInfo, Run, work_dir
 from kaggle_relay.relay.outputs import OUTPUT_FOLDER, download_outputs
 from kaggle_relay.runtime import atomic
 from kaggle_relay.runtime.manifest import MANIFEST_NAME, load_manifest
@@ -47,10 +50,10 @@ def output_folder(context: Context, run: Run) -> Path:
 def harvest(context: Context, run: Run) -> CheckpointInfo | None:
     """Download the outputs of ``run`` and return the checkpoint to hand over, or None.
 
-    Sets ``run.ended_by`` and ``run.outcome`` and records warnings in the ledger.
+    Sets ``run.ended_by``, ``run.outcome`` and ``run.partial``, updates the
+    chain's best checkpoint, and records warnings in the ledger: a stop at the
+    session time limit, rejected checkpoint files, and outputs without a manifest.
     """
-    from kaggle_relay.relay import chain as chains
-
     assert run.kernel_version is not None
     dest = download_folder(context, run)
     dest.mkdir(parents=True, exist_ok=True)
@@ -59,24 +62,123 @@ def harvest(context: Context, run: Run) -> CheckpointInfo | None:
         context.api,
         context.kernel.with_version(run.kernel_version),
         dest,
-        file_pattern=chains.download_pattern(context.chain),
+        file_pattern=download_pattern(context.chain),
     )
-    folder = outputs.folder
     run.ended_by = classify_end(run.status, run.failure_message, _read_log(outputs.log_path))
     if run.ended_by == "time_limit":
         context.ledger.warn(
-            f"day {run.day} (version {run.kernel_version}) was stopped at the session time limit",
+            f"day {run.day} (version {run.kernel_version}) was stopped at the session time limit; "
+            "its outputs are lost, so the chain resumes from the last valid checkpoint",
             hint="the training script's stop margin is too small: stop earlier (a larger margin in "
-            "SessionClock) so the last checkpoint is saved before the limit; resuming from the last valid one",
+            "SessionClock) so the last checkpoint is saved before the limit",
             run_id=run.run_id,
         )
 
-    found = select_newer(context, folder)
-    if found is None:
-        run.outcome = "no_checkpoint"
+    last = context.ledger.data.handoff
+    found = examine(outputs.folder, context.chain, last_step=last.checkpoint.step if last and last.checkpoint else None)
+    report(context, run, found)
+    _update_best(context, run, found)
+    if found.newest is None:
+        run.outcome = stop.NO_CHECKPOINT
         return None
-    run.outcome = chains.progress_outcome(context, found)
-    return found
+    run.outcome = stop.progress_outcome(context.chain, context.ledger.runs[:-1], found.newest)
+    run.partial = run.ended_by != "complete"
+    return found.newest
+
+
+@dataclass
+class Examination:
+    """The checkpoints found in the downloaded outputs of one session, sorted by what the relay does with them."""
+
+    newest: CheckpointInfo | None
+    """The newest valid checkpoint newer than the last handoff: the next resume point."""
+    best: CheckpointInfo | None
+    """The best valid checkpoint by the chain's metric, whatever its step; None without a metric."""
+    rejected: list[Candidate] = field(default_factory=list)
+    older: list[Candidate] = field(default_factory=list)
+    """Valid checkpoints not newer than the last handoff (a copy of the handoff itself, for one)."""
+    manifest_found: bool = True
+    checkpoint_files: int = 0
+
+
+def examine(folder: Path, chain: ChainConfig, *, last_step: int | None) -> Examination:
+    """Validate every checkpoint under ``folder`` and pick the resume point and the best by metric."""
+    everything = candidates(folder, chain)
+    valid = [candidate for candidate in everything if candidate.valid]
+    newer = [c for c in valid if last_step is None or (c.step is not None and c.step > last_step)]
+    newest = max(newer, key=lambda c: (c.step if c.step is not None else -1, c.created), default=None)
+    return Examination(
+        newest=_info(folder, newest) if newest else None,
+        best=_best(folder, valid, chain),
+        rejected=[candidate for candidate in everything if not candidate.valid],
+        older=[candidate for candidate in valid if candidate not in newer],
+        manifest_found=any(folder.rglob(MANIFEST_NAME)),
+        checkpoint_files=len(everything),
+    )
+
+
+def _best(folder: Path, valid: list[Candidate], chain: ChainConfig) -> CheckpointInfo | None:
+    metric = chain.metric
+    if not metric:
+        return None
+    scored = [c for c in valid if c.metric(metric) is not None]
+    if not scored:
+        return None
+    sign = -1.0 if chain.mode == "min" else 1.0
+    best = max(scored, key=lambda c: (sign * (c.metric(metric) or 0.0), c.step if c.step is not None else -1))
+    return _info(folder, best)
+
+
+def _info(folder: Path, candidate: Candidate) -> CheckpointInfo:
+    return CheckpointInfo(
+        file=Path(candidate.path).relative_to(folder).as_posix(),
+        epoch=int(candidate.epoch) if candidate.epoch is not None else None,
+        step=candidate.step,
+        metrics=dict(candidate.metrics),
+        done=_manifest_done(Path(candidate.path).parent),
+    )
+
+
+def report(context: Context, run: Run, found: Examination) -> None:
+    """Log every decision and keep the ones a user must see as ledger warnings."""
+    where = f"day {run.day} (version {run.kernel_version})"
+    for candidate in found.older:
+        log.info("skipped %s: step %s is not newer than the last handoff", Path(candidate.path).name, candidate.step)
+    if found.rejected:
+        reasons = "; ".join(f"{Path(c.path).name}: {c.reason}" for c in found.rejected)
+        log.warning("%s: rejected %s", where, reasons)
+        context.ledger.warn(
+            f"{where}: rejected {len(found.rejected)} checkpoint file(s): {reasons}",
+            hint="a file cut short by the end of the session is expected; anything else points at the saving code",
+            run_id=run.run_id,
+        )
+    if found.checkpoint_files and not found.manifest_found:
+        message = (
+            f"{where}: the outputs hold no {MANIFEST_NAME}, so the checkpoint files were validated "
+            "directly (format, keys, completeness) without the manifest's size and hash check"
+        )
+        log.warning("%s", message)
+        context.ledger.warn(message, hint="save checkpoints with the runtime's save_checkpoint", run_id=run.run_id)
+    if found.newest is not None and run.ended_by != "complete":
+        context.say("day %d ended %s but left a valid checkpoint (%s); the day counts as partial",
+                    run.day, run.ended_by, found.newest.file)
+
+
+def _update_best(context: Context, run: Run, found: Examination) -> None:
+    best, metric = found.best, context.chain.metric
+    if best is None or metric is None:
+        return
+    value = best.metrics[metric]
+    current = context.ledger.data.best
+    previous = current.checkpoint.metrics.get(metric) if current else None
+    if previous is not None and not stop.better(value, previous, context.chain.mode):
+        return
+    path = output_folder(context, run) / best.file
+    context.ledger.data.best = Best(
+        checkpoint=best, run_id=run.run_id, kernel_version=run.kernel_version,
+        path=path.relative_to(context.state_dir).as_posix(),
+    )
+    log.info("new best %s = %.4g: %s of %s", metric, value, best.file, run.run_id)
 
 
 def classify_end(status: str, failure_message: str, log_text: str) -> str:
@@ -103,45 +205,23 @@ def _read_log(path: Path | None) -> str:
     return path.read_text(encoding="utf-8", errors="replace")
 
 
-def candidates(context: Context, folder: Path) -> list[Candidate]:
-    """Validate every downloaded file that matches the chain's checkpoint patterns."""
+def candidates(folder: Path, chain: ChainConfig) -> list[Candidate]:
+    """Validate every file under ``folder`` that matches the chain's checkpoint patterns."""
     found = []
     for path in sorted(folder.rglob("*")):
         if not path.is_file() or atomic.is_temporary(path.name) or path.name == MANIFEST_NAME:
             continue
         relative = path.relative_to(folder).as_posix()
-        if not any(fnmatch.fnmatch(path.name, glob) or fnmatch.fnmatch(relative, glob) for glob in context.chain.patterns):
+        if not any(fnmatch.fnmatch(path.name, glob) or fnmatch.fnmatch(relative, glob) for glob in chain.patterns):
             continue
-        found.append(
-            validate_checkpoint(path, require_keys=context.chain.require_keys, metric=context.chain.metric)
-        )
+        found.append(validate_checkpoint(path, require_keys=chain.require_keys, metric=chain.metric))
     return found
 
 
-def select_newer(context: Context, folder: Path) -> CheckpointInfo | None:
-    """Return the newest valid checkpoint newer than the last handoff, logging every rejection."""
-    handoff = context.ledger.data.handoff
-    last_step = handoff.checkpoint.step if handoff and handoff.checkpoint else None
-    valid = []
-    for candidate in candidates(context, folder):
-        if not candidate.valid:
-            log.warning("rejected %s: %s", Path(candidate.path).name, candidate.reason)
-            continue
-        if last_step is not None and (candidate.step is None or candidate.step <= last_step):
-            log.info("skipped %s: step %s is not newer than the handoff's step %s", Path(candidate.path).name,
-                     candidate.step, last_step)
-            continue
-        valid.append(candidate)
-    if not valid:
-        return None
-    newest = max(valid, key=lambda item: (item.step if item.step is not None else -1, item.created))
-    return CheckpointInfo(
-        file=Path(newest.path).relative_to(folder).as_posix(),
-        epoch=int(newest.epoch) if newest.epoch is not None else None,
-        step=newest.step,
-        metrics=dict(newest.metrics),
-        done=_manifest_done(Path(newest.path).parent),
-    )
+def download_pattern(chain: ChainConfig) -> str:
+    """Return the regex of output names to download: checkpoints, the manifest and carried files."""
+    globs = [*chain.patterns, MANIFEST_NAME, *chain.carry]
+    return "(?:^|/)(?:" + "|".join(fnmatch.translate(glob) for glob in globs) + ")"
 
 
 def _manifest_done(folder: Path) -> bool:

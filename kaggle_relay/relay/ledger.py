@@ -18,12 +18,16 @@ Schema version 1, a sample::
       "handoff": {"dataset": "alice/digits-handoff", "version": 2, "run_id": "d002-…",
                   "checkpoint": {"file": "ckpt-0004.pt", "epoch": 4, "step": 400,
                                  "metrics": {"val_acc": 0.91}, "done": false}},
+      "best": {"checkpoint": {"file": "checkpoints/ckpt-0004.pt", "epoch": 4, "…": "…"},
+               "run_id": "d002-…", "kernel_version": 2,
+               "path": "digits/runs/d002-…/download/output/checkpoints/ckpt-0004.pt",
+               "dataset_version": 2},
       "runs": [
         {"day": 3, "run_id": "d003-20261204T210200-5c1e", "kernel": "alice/digits",
          "kernel_version": 3, "handoff_in": {"dataset": "alice/digits-handoff", "version": 2},
          "accelerator": "none", "pushed_at": "…", "finished_at": null, "status": "running",
          "failure_message": "", "ended_by": "", "seconds": 0.0, "checkpoint": null,
-         "published": null, "outcome": ""}
+         "published": null, "outcome": "", "partial": false}
       ],
       "error": null,
       "warnings": [],
@@ -103,6 +107,20 @@ class Run(BaseModel):
     checkpoint: CheckpointInfo | None = None
     published: DatasetPin | None = None
     outcome: str = ""
+    partial: bool = False
+    """The session ended early (error, time limit, cancel) but left a valid checkpoint."""
+
+
+class Best(BaseModel):
+    """The best checkpoint by the chain's metric among every harvest, which may be older than the handoff."""
+
+    checkpoint: CheckpointInfo
+    run_id: str
+    kernel_version: int | None = None
+    path: str = ""
+    """Its harvested copy, relative to the state folder (``.relay/``)."""
+    dataset_version: int | None = None
+    """The handoff dataset version that carries it, when it was the checkpoint handed over."""
 
 
 class Problem(BaseModel):
@@ -120,6 +138,7 @@ class LedgerData(BaseModel):
     state: State = "idle"
     updated: str = ""
     handoff: Handoff | None = None
+    best: Best | None = None
     runs: list[Run] = Field(default_factory=list)
     error: Problem | None = None
     warnings: list[Problem] = Field(default_factory=list)

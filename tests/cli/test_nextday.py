@@ -1,15 +1,24 @@
-"""`kaggle-relay next-day`: exit codes for cron, quota refusal, bad config, missing credentials."""
+"""`kaggle-relay next-day`: exit codes for cron, quota refusal, bad config, credentials, the chain lock."""
 
 from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 from kaggle_relay.cli.main import main
 from kaggle_relay.relay.ledger import Ledger
-from tests.relay.chainkit import short_emulator, write_project
+from tests.relay.chainkit import (
+    finish,
+    kernel_versions,
+    next_day_process,
+    short_emulator,
+    wait_until,
+    write_project,
+    write_step_project,
+)
 
 __all__ = ["short_emulator"]
 
@@ -50,3 +59,42 @@ def test_missing_credentials_exits_five(tmp_path: Path, capsys: pytest.CaptureFi
     captured = capsys.readouterr()
     assert code == 5
     assert "KAGGLE_USERNAME" in captured.err
+
+
+@pytest.mark.slow
+def test_second_next_day_skips_locked_chain(tmp_path: Path, short_emulator: Any) -> None:
+    project = write_step_project(tmp_path / "p", epochs=1)
+    # The first tick takes the lock, then waits inside its first Kaggle call (GetKernel, before the push).
+    short_emulator.faults.inject("GetKernel", "slow", seconds=20)
+    first = next_day_process(project)
+    wait_until(lambda: not short_emulator.faults.pending(), what="the first tick to reach GetKernel")
+
+    code, result = finish(next_day_process(project))
+
+    assert code == 10
+    assert result["chains"][0]["state"] == "locked"
+    assert "digits" in result["chains"][0]["message"]
+    first.kill()
+    first.communicate(timeout=30)
+    assert kernel_versions(short_emulator) == []
+
+    code, result = finish(next_day_process(project))
+
+    assert code == 10, result
+    assert result["chains"][0]["state"] == "running"
+    assert kernel_versions(short_emulator) == [1]
+
+
+@pytest.mark.slow
+def test_two_next_day_started_together_push_once(tmp_path: Path, short_emulator: Any) -> None:
+    project = write_step_project(tmp_path / "p", epochs=1)
+
+    processes = [next_day_process(project), next_day_process(project)]
+    results = [finish(process) for process in processes]
+
+    states = sorted(result["chains"][0]["state"] for _, result in results)
+    assert states in (["locked", "running"], ["running", "running"]), results
+    assert [code for code, _ in results] == [10, 10]
+    assert kernel_versions(short_emulator) == [1]
+    ledger = Ledger.open(project.folder / ".relay", "digits")
+    assert [step["phase"] for step in ledger.data.steps if step["step"] == "push"] == ["begin", "end"]

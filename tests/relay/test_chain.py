@@ -3,20 +3,27 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import pytest
 
+from kaggle_relay.errors import KernelRunError
 from kaggle_relay.relay import chain as chains
 from kaggle_relay.relay.config import load_config
 from kaggle_relay.relay.ledger import Ledger
-from tests.relay.chainkit import OWNER, short_emulator, write_project
+from tests.relay.chainkit import (
+    KERNEL,
+    OWNER,
+    kernel_versions,
+    short_emulator,
+    wait_until,
+    write_project,
+    write_step_project,
+)
 
 __all__ = ["short_emulator"]
 
 pytestmark = pytest.mark.slow
-
-# The chain publishes through the Kaggle layer's publish module; skip until it is in the tree.
-pytest.importorskip("kaggle_relay.relay.publish")
 
 
 def dataset_versions(emulator: object, dataset: str) -> list[int]:
@@ -44,3 +51,28 @@ def test_chain_runs_three_sessions_to_done(tmp_path: Path, short_emulator: objec
     published = [run.published.version for run in ledger.runs if run.published]
     assert published == sorted(set(published))
     assert dataset_versions(short_emulator, f"{OWNER}/relay-chain-test-handoff") == published
+
+
+def test_tick_during_a_run_only_polls(tmp_path: Path, short_emulator: Any) -> None:
+    hold = tmp_path / "hold"
+    hold.touch()
+    project = write_step_project(tmp_path / "p", epochs=1, once=str(hold), trouble="hold", trouble_epoch=0)
+    # A second chain on the same kernel: a misconfiguration that must not start a second session.
+    project.append_config('\n[[chain]]\nname = "other"\nkernel = "kernel"\ndataset = "relay-tester/other-handoff"\n')
+    first, second = load_config(project.config).chain
+
+    assert chains.advance(first).state == "running"
+    wait_until(lambda: short_emulator.kernels.version(KERNEL, 1)["status"] == "RUNNING", what="version 1 to run")
+    again = chains.advance(first)
+
+    assert again.state == "running"
+    assert kernel_versions(short_emulator) == [1]
+    ledger = Ledger.open(project.folder / ".relay", first.name)
+    assert [step["phase"] for step in ledger.data.steps if step["step"] == "push"] == ["begin", "end"]
+    with pytest.raises(KernelRunError, match="running"):
+        chains.advance(second)
+    assert kernel_versions(short_emulator) == [1]
+
+    hold.unlink()
+    assert chains.advance(first, wait=True).state == "done"
+    assert kernel_versions(short_emulator) == [1]

@@ -1,0 +1,201 @@
+"""Harvesting a finished session: how it ended, which checkpoint goes on, what the user is told.
+
+The end-to-end cases run real sessions on the emulator: a session killed at
+the time limit, and a session that failed after saving and left a truncated
+file. The table cases validate real torch checkpoints on disk.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import pytest
+import torch
+
+from kaggle_relay.relay import chain as chains
+from kaggle_relay.relay.config import ChainConfig, Quota, load_config
+from kaggle_relay.relay.harvest import classify_end, examine, report
+from kaggle_relay.relay.ledger import Ledger, Run
+from kaggle_relay.runtime.manifest import MANIFEST_NAME
+from kaggle_relay.runtime.save import save_checkpoint
+from tests.relay.chainkit import (
+    check_chain,
+    dataset_versions,
+    short_emulator,
+    start_emulator,
+    write_step_project,
+)
+
+__all__ = ["short_emulator"]
+
+TIMEOUT_LOG = "Execution timed out: the session limit of 10 seconds was reached"
+
+
+@pytest.mark.parametrize(
+    ("status", "message", "log", "expected"),
+    [
+        ("complete", "", "", "complete"),
+        ("error", "Traceback: boom", "", "error"),
+        ("cancel_acknowledged", "", TIMEOUT_LOG, "time_limit"),
+        ("CANCEL_ACKNOWLEDGED", "", "[stderr] Cell timed out after 43200 s", "time_limit"),
+        ("cancel_acknowledged", "", "stopped by the user", "cancelled"),
+        ("cancel_acknowledged", "Cancelled by user", TIMEOUT_LOG, "cancelled"),
+    ],
+)
+def test_classify_end(status: str, message: str, log: str, expected: str) -> None:
+    assert classify_end(status, message, log) == expected
+
+
+# --- examine: real checkpoint files, no Kaggle ------------------------------------------------
+
+
+def chain_config(**settings: Any) -> ChainConfig:
+    return ChainConfig(name="digits", kernel="relay-tester/relay-chain-test", dataset="relay-tester/handoff-data",
+                       patterns=["ckpt-*.pt"], require_keys=["model"], **settings)
+
+
+def save_epochs(folder: Path, accuracies: list[float]) -> None:
+    for epoch, accuracy in enumerate(accuracies):
+        state = {"model": {"weight": torch.full((2,), float(epoch))}, "epoch": epoch, "step": epoch + 1}
+        save_checkpoint(state, f"ckpt-{epoch:04d}.pt", folder=folder, epoch=epoch, step=epoch + 1,
+                        metrics={"val_acc": accuracy})
+
+
+def test_examine_rejects_truncated_file_outside_manifest(tmp_path: Path) -> None:
+    folder = tmp_path / "checkpoints"
+    save_epochs(folder, [0.5, 0.6, 0.7, 0.8])
+    data = (folder / "ckpt-0003.pt").read_bytes()
+    (folder / "ckpt-0004.pt").write_bytes(data[: len(data) // 2])
+
+    found = examine(tmp_path, chain_config(), last_step=None)
+
+    assert found.newest is not None
+    assert found.newest.file == "checkpoints/ckpt-0003.pt"
+    assert [Path(c.path).name for c in found.rejected] == ["ckpt-0004.pt"]
+    assert found.manifest_found
+
+
+def test_examine_rejects_file_with_wrong_hash(tmp_path: Path) -> None:
+    folder = tmp_path / "checkpoints"
+    save_epochs(folder, [0.5, 0.6])
+    # Same size, other bytes: only the manifest's hash can tell.
+    path = folder / "ckpt-0001.pt"
+    data = bytearray(path.read_bytes())
+    data[-30] ^= 0xFF
+    path.write_bytes(bytes(data))
+
+    found = examine(tmp_path, chain_config(), last_step=None)
+
+    assert found.newest is not None and found.newest.file == "checkpoints/ckpt-0000.pt"
+    assert [Path(c.path).name for c in found.rejected] == ["ckpt-0001.pt"]
+
+
+def test_examine_without_manifest_validates_files(tmp_path: Path) -> None:
+    folder = tmp_path / "checkpoints"
+    save_epochs(folder, [0.5, 0.6])
+    (folder / MANIFEST_NAME).unlink()
+
+    found = examine(tmp_path, chain_config(), last_step=None)
+
+    assert not found.manifest_found
+    assert found.newest is not None and found.newest.file == "checkpoints/ckpt-0001.pt"
+    assert found.checkpoint_files == 2
+
+
+def test_examine_never_returns_older_than_handoff(tmp_path: Path) -> None:
+    save_epochs(tmp_path / "checkpoints", [0.5, 0.6, 0.7])
+
+    assert examine(tmp_path, chain_config(), last_step=3).newest is None
+    newer = examine(tmp_path, chain_config(), last_step=2).newest
+    assert newer is not None and newer.step == 3
+
+
+def test_examine_reports_best_by_metric_apart_from_newest(tmp_path: Path) -> None:
+    save_epochs(tmp_path / "checkpoints", [0.5, 0.9, 0.7])
+
+    found = examine(tmp_path, chain_config(metric="val_acc", mode="max"), last_step=None)
+
+    assert found.newest is not None and found.newest.epoch == 2
+    assert found.best is not None and found.best.epoch == 1
+    assert found.best.metrics == {"val_acc": 0.9}
+
+
+def test_examine_best_follows_min_mode(tmp_path: Path) -> None:
+    save_epochs(tmp_path / "checkpoints", [0.5, 0.9, 0.7])
+
+    found = examine(tmp_path, chain_config(metric="val_acc", mode="min"), last_step=None)
+
+    assert found.best is not None and found.best.epoch == 0
+
+
+# --- end to end on the emulator ---------------------------------------------------------------
+
+
+@pytest.mark.slow
+def test_time_limit_kill_resumes_from_last_handoff(
+    tmp_path: Path, _isolated_kaggle_config: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    once = tmp_path / "hang-once"
+    once.touch()
+    project = write_step_project(tmp_path / "p", epochs=2, once=str(once), trouble="hang", trouble_epoch=1)
+    # Killed outputs are dropped, as on Kaggle.
+    emulator: Any = start_emulator(tmp_path / "emulator", _isolated_kaggle_config, monkeypatch,
+                                   session_limit=10.0, kill_grace=0.5, keep_killed_outputs=False)
+    try:
+        chain = load_config(project.config).chain[0]
+        outcome = chains.advance(chain, wait=True)
+        ledger = check_chain(emulator, project)
+    finally:
+        emulator.stop()
+
+    assert outcome.state == "done"
+    killed = ledger.runs[1]
+    assert killed.status == "cancel_acknowledged"
+    assert killed.failure_message == ""
+    assert killed.ended_by == "time_limit"
+    assert killed.outcome == "no_checkpoint"
+    retried = ledger.runs[2]
+    assert retried.handoff_in == ledger.runs[0].published
+    assert retried.checkpoint is not None and retried.checkpoint.epoch == 1
+    warning = ledger.data.warnings[0]
+    assert "session time limit" in warning.message
+    assert "stop margin" in warning.hint
+
+
+@pytest.mark.slow
+def test_failed_session_hands_off_its_complete_checkpoint(tmp_path: Path, short_emulator: Any) -> None:
+    once = tmp_path / "crash-once"
+    once.touch()
+    project = write_step_project(tmp_path / "p", epochs=2, once=str(once), trouble="crash", trouble_epoch=0)
+    chain = load_config(project.config).chain[0]
+
+    outcome = chains.advance(chain, wait=True)
+
+    assert outcome.state == "done"
+    ledger = check_chain(short_emulator, project)
+    failed = ledger.runs[0]
+    assert failed.status == "error"
+    assert failed.partial
+    assert failed.checkpoint is not None and failed.checkpoint.file.endswith("ckpt-0000.pt")
+    assert "ckpt-0001.pt" in ledger.data.warnings[0].message
+    assert not ledger.runs[1].partial
+    assert ledger.runs[1].handoff_in == failed.published
+    assert dataset_versions(short_emulator) == [1, 2]
+    published = short_emulator.store.datasets["relay-tester/relay-chain-test-handoff"]["versions"][0]["files"]
+    assert sorted(item["name"] for item in published) == ["ckpt-0000.pt", MANIFEST_NAME]
+
+
+def test_output_without_manifest_is_reported(tmp_path: Path) -> None:
+    """The warning a harvest records when the outputs hold checkpoints but no manifest."""
+    save_epochs(tmp_path / "checkpoints", [0.5])
+    (tmp_path / "checkpoints" / MANIFEST_NAME).unlink()
+    ledger = Ledger.open(tmp_path / ".relay", "digits")
+    context = chains.Context(chain_config(), ledger, api=None, quota=Quota(), state_dir=tmp_path / ".relay",
+                             hook=lambda _step: None)
+    run = Run(day=1, run_id="r1", kernel_version=1, status="complete", ended_by="complete")
+    ledger.runs.append(run)
+
+    report(context, run, examine(tmp_path, chain_config(), last_step=None))
+
+    assert "validated directly" in ledger.data.warnings[0].message
