@@ -40,6 +40,7 @@ from kaggle_relay.errors import (
 )
 from kaggle_relay.relay import harvest as harvesting
 from kaggle_relay.relay import quota as quotas
+from kaggle_relay.relay import retry
 from kaggle_relay.relay.bundle import SessionEnv, build_push_folder, bundled_run_id
 from kaggle_relay.relay.config import ChainConfig, Quota
 from kaggle_relay.relay.ledger import (
@@ -136,7 +137,8 @@ def advance(
     """Advance ``chain`` as far as it can go now; with ``wait``, until it is done or blocked.
 
     Holds the chain's lock for the whole call (ChainLockedError if another
-    process holds it) and copies the log to ``.relay/<chain>.log``.
+    process holds it) and copies the log to ``.relay/<chain>.log``. Every
+    Kaggle call retries under the chain's ``retry`` policy when relay.toml sets one.
     """
     state_dir = chain.project_dir / ".relay"
     with chain_lock(state_dir, chain.name), chain_log(state_dir, chain.name):
@@ -146,7 +148,8 @@ def advance(
 
             api = client.connect(endpoint=chain.resolved_endpoint())
         context = Context(chain, ledger, api, quota or Quota(), state_dir, hook or (lambda _name: None), sleep)
-        _drive(context, wait=wait)
+        with retry.policy_scope(chain.retry):
+            _drive(context, wait=wait)
         context.outcome.state = ledger.state
         return context.outcome
 
@@ -291,8 +294,6 @@ def _source_folder(context: Context) -> Path:
         return chain.kernel_folder
     folder = work_dir(context.state_dir, chain.name) / "source"
     if not (folder / "kernel-metadata.json").is_file():
-        from kaggle_relay.relay import retry
-
         retry.run("read", "pull kernel", context.api.kernels_pull, chain.kernel, str(folder), metadata=True,
                   resource=chain.kernel)
     return folder
@@ -324,8 +325,6 @@ def find_pushed_version(api: Any, kernel: KernelRef, run_id: str) -> int | None:
     version of the chain is queued or running.
     """
     from kagglesdk.kernels.types.kernels_api_service import ApiGetKernelRequest
-
-    from kaggle_relay.relay import retry
 
     def get_latest() -> Any:
         request = ApiGetKernelRequest()

@@ -20,14 +20,20 @@ What is retried depends on the kind of call:
 
 A ``create`` that may have reached the server is followed by a lookup of the
 version before the next attempt; ``datasets.publish_folder`` does that.
+
+``policy_scope(policy)`` makes one policy (a chain's ``retry`` in relay.toml)
+the default of every call in a block, however deep, that passes none; the
+kind still decides which errors are retried.
 """
 
 from __future__ import annotations
 
+import contextlib
+import contextvars
 import logging
 import random
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any, Literal, TypeVar
 
 import tenacity
@@ -77,6 +83,19 @@ _RETRIED: dict[Kind, tuple[type[KaggleApiError], ...]] = {
 }
 
 
+_SCOPED_POLICY: contextvars.ContextVar[RetryPolicy | None] = contextvars.ContextVar("retry_policy", default=None)
+
+
+@contextlib.contextmanager
+def policy_scope(policy: RetryPolicy | None) -> Iterator[None]:
+    """Use ``policy`` for every call in the block that passes no policy; None keeps the defaults per kind."""
+    token = _SCOPED_POLICY.set(policy)
+    try:
+        yield
+    finally:
+        _SCOPED_POLICY.reset(token)
+
+
 class _Backoff(tenacity.wait.wait_base):
     """Exponential backoff with jitter that never waits less than a 429's Retry-After."""
 
@@ -106,7 +125,7 @@ def retrying(
     Use it as ``retrying("read")(fn, ...)`` or ``for attempt in retrying(...)``.
     ``sleep`` and ``rng`` are injectable so tests do not wait.
     """
-    chosen = policy or DEFAULT_POLICIES[kind]
+    chosen = policy or _SCOPED_POLICY.get() or DEFAULT_POLICIES[kind]
     label = what or f"{kind} call"
     return tenacity.Retrying(
         retry=tenacity.retry_if_exception_type(_RETRIED[kind]),

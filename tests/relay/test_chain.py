@@ -7,7 +7,7 @@ from typing import Any
 
 import pytest
 
-from kaggle_relay.errors import KernelRunError
+from kaggle_relay.errors import KaggleUnavailableError, KernelRunError
 from kaggle_relay.relay import chain as chains
 from kaggle_relay.relay.config import load_config
 from kaggle_relay.relay.ledger import Ledger
@@ -76,3 +76,22 @@ def test_tick_during_a_run_only_polls(tmp_path: Path, short_emulator: Any) -> No
     hold.unlink()
     assert chains.advance(first, wait=True).state == "done"
     assert kernel_versions(short_emulator) == [1]
+
+
+@pytest.mark.parametrize(("attempts", "pushed"), [(1, []), (2, [1])])
+def test_chain_retry_policy_reaches_kaggle_calls(
+    tmp_path: Path, short_emulator: Any, attempts: int, pushed: list[int]
+) -> None:
+    project = write_step_project(tmp_path / "p", epochs=1)
+    project.append_config(f"\n[chain.retry]\nmax_attempts = {attempts}\ninitial_seconds = 0.01\nmax_seconds = 0.05\n")
+    chain = load_config(project.config).chain[0]
+    # One 503 on the first call of the push step (GetKernel, before SaveKernel).
+    short_emulator.faults.inject("GetKernel", "503")
+
+    if attempts == 1:
+        with pytest.raises(KaggleUnavailableError):
+            chains.advance(chain)
+    else:
+        assert chains.advance(chain).state == "running"
+
+    assert kernel_versions(short_emulator) == pushed
