@@ -30,15 +30,16 @@ from kaggle_relay.errors import ConfigError, RelayError
 
 REHEARSAL_KEY = "rehearsal-key"
 DEMO_EPOCHS = 12
-# With at most 12 / 2 = 6 epochs per 12 s session, minus the start-up time, the demo needs 3 or more sessions.
+# A 15 s session holds at most 15 / 2 = 7 epochs of 2 s, fewer after start-up and the session
+# clock's margin, so the 12 epochs of the demo need 3 or more sessions.
 DEMO_EPOCH_SECONDS = 2.0
-DEMO_SESSION_LIMIT = 12.0
+DEMO_SESSION_LIMIT = 15.0
 
 HELP = f"""Run the relay loop offline: start the Kaggle API emulator on 127.0.0.1 with
 a short session limit, advance every chain with next-day --wait until it is
 done, and print each day. The project is copied first, so its own .relay/
 ledger is not touched, and the emulator gets throwaway credentials.
---demo writes the demo project (a tiny digit classifier) and compares the
+--demo writes the demo project (a small classifier on synthetic data) and compares the
 relayed model with the same training run uninterrupted.
 
 {exitcodes.HELP}"""
@@ -52,7 +53,7 @@ def add_parser(subparsers: Any) -> None:
     parser.add_argument("--demo", action="store_true", help="write and run the demo project")
     parser.add_argument("--dir", type=Path, help="project folder (default: . ; with --demo: ./demo)")
     parser.add_argument("--session-limit", type=float,
-                        help="session length of each emulated run in seconds (default: 60; 12 with --demo)")
+                        help="session length of each emulated run in seconds (default: 60; 15 with --demo)")
     parser.add_argument("--days", type=int, default=20, help="stop after this many sessions (default: %(default)s)")
     parser.add_argument("--json", action="store_true", help="print one JSON object on stdout")
     parser.set_defaults(func=run)
@@ -122,7 +123,7 @@ def write_demo(folder: Path) -> Path:
 
     if folder.exists() and (folder / ".relay").exists():
         shutil.rmtree(folder / ".relay")
-    names = init.Names(owner="relay-demo", slug="relay-demo-digits", dataset="relay-demo/relay-demo-digits-handoff",
+    names = init.Names(owner="relay-demo", slug="relay-demo-train", dataset="relay-demo/relay-demo-handoff",
                        accelerator="none")
     init.write_project(folder, names, force=True)
     script = folder / "kernel" / "train.py"
@@ -245,7 +246,9 @@ def print_days(result: dict[str, Any]) -> None:
 
 
 def reference_run(project: Path, work: Path) -> Path:
-    """Train the demo once, uninterrupted, in its own Kaggle-shaped folder; return the final checkpoint."""
+    """Train the project's script once, uninterrupted, in its own Kaggle-shaped folder; return its newest checkpoint."""
+    from kaggle_relay.runtime.manifest import load_manifest
+
     root = work / "reference" / "kaggle"
     (root / "working").mkdir(parents=True, exist_ok=True)
     (root / "input").mkdir(exist_ok=True)
@@ -256,11 +259,17 @@ def reference_run(project: Path, work: Path) -> Path:
     copy.write_text(text, encoding="utf-8")
     env = {**os.environ, "KAGGLE_RELAY_KAGGLE_ROOT": str(root),
            "PYTHONPATH": str(Path(__file__).resolve().parents[2])}
-    for name in ("KAGGLE_RELAY_SESSION_DEADLINE", "KAGGLE_RELAY_SESSION_LIMIT", "KAGGLE_RELAY_HANDOFF"):
+    for name in ("KAGGLE_RELAY_SESSION_DEADLINE", "KAGGLE_RELAY_SESSION_LIMIT", "KAGGLE_RELAY_HANDOFF",
+                 "KAGGLE_RELAY_ACCELERATOR"):
         env.pop(name, None)
     subprocess.run([sys.executable, str(copy)], cwd=root / "working", env=env, check=True,
                    stdout=subprocess.DEVNULL, timeout=600)
-    return root / "working" / "checkpoints" / f"ckpt-{DEMO_EPOCHS - 1:04d}.pt"
+    folder = root / "working" / "checkpoints"
+    manifest = load_manifest(folder)
+    newest = manifest.newest() if manifest else None
+    if newest is None:
+        raise RelayError(f"the uninterrupted reference run saved no checkpoint in {folder}")
+    return folder / newest.file
 
 
 def compare_models(relayed: Path, reference: Path) -> dict[str, Any]:
@@ -332,6 +341,10 @@ def _manifest_metric(checkpoint: Path) -> float | None:
     return entry.metrics.get("val_acc") if entry else None
 
 
+def _number(value: float | None) -> str:
+    return "unknown" if value is None else f"{value:.4f}"
+
+
 def _print_report(report: dict[str, Any], *, as_json: bool) -> None:
     if as_json:
         print(json.dumps(report))
@@ -340,6 +353,6 @@ def _print_report(report: dict[str, Any], *, as_json: bool) -> None:
         print_days(result)
     comparison = report.get("comparison")
     if comparison:
-        print(f"final val_acc: relayed {comparison.get('relayed_val_acc')}, "
-              f"uninterrupted {comparison.get('uninterrupted_val_acc')}")
+        print(f"final val_acc: relayed {_number(comparison.get('relayed_val_acc'))}, "
+              f"uninterrupted {_number(comparison.get('uninterrupted_val_acc'))}")
         print(f"final models identical tensor for tensor: {'yes' if comparison['identical'] else 'NO'}")

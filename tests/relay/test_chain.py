@@ -7,15 +7,17 @@ from typing import Any
 
 import pytest
 
+from kaggle_relay.cli import rehearse
 from kaggle_relay.errors import KaggleUnavailableError, KernelRunError
 from kaggle_relay.relay import chain as chains
 from kaggle_relay.relay.config import load_config
 from kaggle_relay.relay.ledger import Ledger
 from tests.relay.chainkit import (
     KERNEL,
-    OWNER,
+    check_chain,
     kernel_versions,
     short_emulator,
+    start_emulator,
     wait_until,
     write_project,
     write_step_project,
@@ -26,31 +28,32 @@ __all__ = ["short_emulator"]
 pytestmark = pytest.mark.slow
 
 
-def dataset_versions(emulator: object, dataset: str) -> list[int]:
-    from kaggle_relay.relay import client, datasets
-    from kaggle_relay.relay.refs import DatasetRef
+def test_chain_runs_three_sessions_to_done(
+    tmp_path: Path, _isolated_kaggle_config: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # 16 s sessions hold about 5 epochs of 2 s after start-up, so 12 epochs need 3 sessions or more.
+    project = write_project(tmp_path / "project", epochs=12, epoch_seconds=2.0)
+    emulator: Any = start_emulator(tmp_path / "emulator", _isolated_kaggle_config, monkeypatch, session_limit=16.0)
+    try:
+        chain = load_config(project.config).chain[0]
+        outcome = chains.advance(chain, wait=True)
+        ledger = check_chain(emulator, project)
+    finally:
+        emulator.stop()
 
-    api = client.connect(endpoint=emulator.url)  # type: ignore[attr-defined]
-    found = datasets._versions(datasets._get_dataset(api, DatasetRef.parse(dataset)))
-    return sorted(version.number for version in found)
-
-
-def test_chain_runs_three_sessions_to_done(tmp_path: Path, short_emulator: object) -> None:
-    project = write_project(tmp_path / "project")
-    chain = load_config(project.config).chain[0]
-
-    outcome = chains.advance(chain, wait=True)
-
-    ledger = Ledger.open(project.folder / ".relay", chain.name)
     assert outcome.state == "done", ledger.data.model_dump_json(indent=1)
     assert ledger.days >= 3
     handoff = ledger.data.handoff
     assert handoff is not None and handoff.checkpoint is not None
-    assert handoff.checkpoint.epoch == 5
+    assert handoff.checkpoint.epoch == 11
     assert handoff.checkpoint.done
-    published = [run.published.version for run in ledger.runs if run.published]
-    assert published == sorted(set(published))
-    assert dataset_versions(short_emulator, f"{OWNER}/relay-chain-test-handoff") == published
+    assert "val_acc" in handoff.checkpoint.metrics
+    assert ledger.data.best is not None
+
+    found = rehearse.final_checkpoint(project.config, chain.name)
+    assert found is not None
+    reference = rehearse.reference_run(project.folder, tmp_path / "reference")
+    assert rehearse.compare_models(found[0], reference)["identical"]
 
 
 def test_tick_during_a_run_only_polls(tmp_path: Path, short_emulator: Any) -> None:
