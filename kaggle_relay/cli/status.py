@@ -19,8 +19,9 @@ from kaggle_relay.relay.ledger import Ledger, list_chains
 from kaggle_relay.relay.quota import parse_time
 
 HELP = f"""Show each chain of the project: state, days run, kernel and handoff dataset
-versions, the last checkpoint handed over (epoch, metrics), time used in the
-current session against its limit, and the last error with what to do.
+versions, the last checkpoint handed over (epoch, metrics), the best checkpoint
+by the chain's metric, how the current session ended and its time against the
+limit, and the last error with what to do.
 Reads only the ledgers in .relay/; needs no credentials.
 
 {exitcodes.HELP}"""
@@ -61,6 +62,8 @@ def chain_status(ledger: Ledger, *, now: dt.datetime) -> dict[str, Any]:
         "kernel_version": current.kernel_version if current else None,
         "dataset_version": handoff.version if handoff else None,
         "last_checkpoint": checkpoint.model_dump() if checkpoint else None,
+        "metric": data.best.metric if data.best else None,
+        "best": data.best.model_dump() if data.best else None,
         "session": _session(current, now=now) if current else None,
         "error": data.error.model_dump() if data.error else None,
         "warnings": [warning.model_dump() for warning in data.warnings[-3:]],
@@ -80,6 +83,7 @@ def _session(run: Any, *, now: dt.datetime) -> dict[str, Any]:
         "run_id": run.run_id,
         "status": run.status or "not pushed",
         "ended_by": run.ended_by,
+        "partial": run.partial,
         "seconds_used": round(used, 1),
         "limit_seconds": run.session_limit,
     }
@@ -101,10 +105,13 @@ def format_chain(item: dict[str, Any]) -> str:
     if checkpoint:
         metrics = ", ".join(f"{key}={value:.4g}" for key, value in checkpoint["metrics"].items())
         lines.append(f"  last checkpoint {checkpoint['file']} (epoch {checkpoint['epoch']}{', ' + metrics if metrics else ''})")
+    best = item["best"]
+    if best:
+        lines.append(f"  {_best_line(best)}")
     session = item["session"]
     if session and session["limit_seconds"]:
         lines.append(
-            f"  session {session['run_id']}: {session['status']}, "
+            f"  session {session['run_id']}: {session['status']}{_ending(session)}, "
             f"{session['seconds_used']:.0f} s of {session['limit_seconds']} s limit"
         )
     for warning in item["warnings"]:
@@ -115,6 +122,32 @@ def format_chain(item: dict[str, Any]) -> str:
             lines.append(f"  fix: {item['error']['hint']}")
     lines.append(f"  next: {item['next']}")
     return "\n".join(lines)
+
+
+ENDINGS = {
+    "time_limit": "stopped at the session time limit",
+    "error": "ended with an error",
+    "cancelled": "cancelled",
+}
+
+
+def _ending(session: dict[str, Any]) -> str:
+    ending = ENDINGS.get(session["ended_by"], "")
+    if session["partial"]:
+        ending = f"{ending or session['ended_by']}, partial: its last valid checkpoint was handed over"
+    return f" ({ending})" if ending else ""
+
+
+def _best_line(best: dict[str, Any]) -> str:
+    checkpoint = best["checkpoint"]
+    value = checkpoint["metrics"].get(best["metric"])
+    where = (
+        f"in handoff dataset version {best['dataset_version']}"
+        if best["dataset_version"] is not None
+        else f"kept in .relay/{best['path']}"
+    )
+    shown = f"{value:.4g}" if value is not None else "?"
+    return f"best {best['metric']} ({best['mode']}) = {shown} at epoch {checkpoint['epoch']}, {where}"
 
 
 def run(args: argparse.Namespace) -> int:

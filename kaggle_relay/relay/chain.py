@@ -432,6 +432,9 @@ def _publish(context: Context) -> bool:
     last = ledger.data.handoff
     last_step = last.checkpoint.step if last and last.checkpoint else None
     try:
+        # The newest valid checkpoint is handed over, not the best by metric: the next session must
+        # resume from the exact state this one stopped in, and an older best would repeat epochs. The
+        # metric is still recorded per run, kept as the chain's best and used by the target stop rule.
         result = publish.publish_checkpoints(
             context.api,
             harvesting.output_folder(context, run),

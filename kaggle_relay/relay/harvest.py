@@ -175,7 +175,7 @@ def _update_best(context: Context, run: Run, found: Examination) -> None:
         return
     path = output_folder(context, run) / best.file
     context.ledger.data.best = Best(
-        checkpoint=best, run_id=run.run_id, kernel_version=run.kernel_version,
+        checkpoint=best, run_id=run.run_id, metric=metric, mode=context.chain.mode or "", kernel_version=run.kernel_version,
         path=path.relative_to(context.state_dir).as_posix(),
     )
     log.info("new best %s = %.4g: %s of %s", metric, value, best.file, run.run_id)

@@ -19,7 +19,7 @@ Schema version 1, a sample::
                   "checkpoint": {"file": "ckpt-0004.pt", "epoch": 4, "step": 400,
                                  "metrics": {"val_acc": 0.91}, "done": false}},
       "best": {"checkpoint": {"file": "checkpoints/ckpt-0004.pt", "epoch": 4, "…": "…"},
-               "run_id": "d002-…", "kernel_version": 2,
+               "run_id": "d002-…", "metric": "val_acc", "mode": "max", "kernel_version": 2,
                "path": "digits/runs/d002-…/download/output/checkpoints/ckpt-0004.pt",
                "dataset_version": 2},
       "runs": [
@@ -116,6 +116,8 @@ class Best(BaseModel):
 
     checkpoint: CheckpointInfo
     run_id: str
+    metric: str = ""
+    mode: str = ""
     kernel_version: int | None = None
     path: str = ""
     """Its harvested copy, relative to the state folder (``.relay/``)."""

@@ -7,7 +7,10 @@ import subprocess
 import sys
 from pathlib import Path
 
-from kaggle_relay.relay.ledger import CheckpointInfo, Handoff, Ledger, Run
+import pytest
+
+from kaggle_relay.cli.main import main
+from kaggle_relay.relay.ledger import Best, CheckpointInfo, Handoff, Ledger, Run
 
 PROBE = """
 import json, sys
@@ -24,8 +27,11 @@ def write_ledger(project: Path) -> None:
                            finished_at="2026-12-04T11:00:00.000Z", status="complete", seconds=3600,
                            session_limit=43200, checkpoint=checkpoint))
     ledger.runs.append(Run(day=2, run_id="d2", kernel_version=2, pushed_at="2026-12-04T12:00:00.000Z",
-                           status="error", session_limit=43200))
+                           finished_at="2026-12-04T13:00:00.000Z", status="cancel_acknowledged",
+                           ended_by="time_limit", session_limit=43200))
     ledger.data.handoff = Handoff(dataset="alice/h", version=1, run_id="d1", checkpoint=checkpoint)
+    ledger.data.best = Best(checkpoint=checkpoint, run_id="d1", metric="val_acc", mode="max", kernel_version=1,
+                            dataset_version=1)
     ledger.fail("2 sessions in a row ended without a newer valid checkpoint", hint="fix train.py")
 
 
@@ -51,6 +57,23 @@ def test_status_json_without_credentials(tmp_path: Path) -> None:
     assert chain["last_checkpoint"]["metrics"] == {"val_acc": 0.91}
     assert chain["error"]["hint"] == "fix train.py"
     assert chain["session"]["limit_seconds"] == 43200
+    assert chain["session"]["ended_by"] == "time_limit"
+    assert chain["metric"] == "val_acc"
+    assert chain["best"]["checkpoint"]["metrics"] == {"val_acc": 0.91}
+    assert chain["best"]["dataset_version"] == 1
+
+
+def test_status_shows_metric_and_time_limit(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    write_ledger(tmp_path)
+
+    code = main(["status", "--config", str(tmp_path / "relay.toml")])
+
+    text = capsys.readouterr().out
+    assert code == 0
+    assert "epoch 3, val_acc=0.91" in text
+    assert "best val_acc (max) = 0.91 at epoch 3, in handoff dataset version 1" in text
+    assert "stopped at the session time limit" in text
+    assert "fix: fix train.py" in text
 
 
 def test_status_without_ledger_says_how_to_start(tmp_path: Path) -> None:
