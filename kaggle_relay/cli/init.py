@@ -62,10 +62,13 @@ class Names:
 
 
 def templates_dir() -> Path:
-    """Return the templates/ folder of this checkout (beside the package)."""
-    # NOTE: templates/ sits beside the package, so it exists for a source checkout or an
-    # editable install; a wheel install would need it shipped as package data.
-    return Path(kaggle_relay.__file__).resolve().parent.parent / "templates"
+    """Return the folder of project templates: inside the package when installed from a wheel, else the checkout's."""
+    package = Path(kaggle_relay.__file__).resolve().parent
+    installed = package / "templates"
+    if installed.is_dir():
+        return installed
+    # A source checkout or an editable install: the top-level templates/ beside the package.
+    return package.parent / "templates"
 
 
 def add_parser(subparsers: Any) -> None:

@@ -146,8 +146,8 @@ def _best_line(best: dict[str, Any]) -> str:
         if best["dataset_version"] is not None
         else f"kept in .relay/{best['path']}"
     )
-    shown = f"{value:.4g}" if value is not None else "?"
-    return f"best {best['metric']} ({best['mode']}) = {shown} at epoch {checkpoint['epoch']}, {where}"
+    formatted = f"{value:.4g}" if value is not None else "unknown"
+    return f"best {best['metric']} ({best['mode']}) = {formatted} at epoch {checkpoint['epoch']}, {where}"
 
 
 def run(args: argparse.Namespace) -> int:

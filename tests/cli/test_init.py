@@ -1,14 +1,22 @@
-"""`kaggle-relay init`: a ready project from the templates, and no overwrite without --force."""
+"""`kaggle-relay init`: a ready project from the templates, no overwrite without --force, templates in the wheel."""
 
 from __future__ import annotations
 
 import json
+import shutil
+import subprocess
+import sys
+import zipfile
 from pathlib import Path
 
 import pytest
+import tomllib
 
+from kaggle_relay.cli import init
 from kaggle_relay.cli.main import main
 from kaggle_relay.relay.config import load_config
+
+REPO = Path(__file__).resolve().parents[2]
 
 
 def test_init_writes_loadable_project(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
@@ -57,3 +65,44 @@ def test_init_rejects_bad_slug(tmp_path: Path, capsys: pytest.CaptureFixture[str
     assert code == 4
     assert "slug" in capsys.readouterr().err
     assert not (tmp_path / "p").exists()
+
+
+def test_init_templates_exist_in_checkout() -> None:
+    folder = init.templates_dir()
+
+    for name in init.FILES:
+        assert (folder / name).is_file(), name
+
+
+def test_packaging_lists_every_package() -> None:
+    listed = set(tomllib.loads((REPO / "pyproject.toml").read_text(encoding="utf-8"))["tool"]["setuptools"]["packages"])
+    on_disk = {
+        ".".join(path.parent.relative_to(REPO).parts)
+        for path in (REPO / "kaggle_relay").rglob("__init__.py")
+        if "__pycache__" not in path.parts
+    }
+
+    assert on_disk <= listed, f"add {sorted(on_disk - listed)} to [tool.setuptools] packages in pyproject.toml"
+
+
+@pytest.mark.slow
+def test_wheel_ships_templates(tmp_path: Path) -> None:
+    # Build from a copy, because setuptools writes its build/ folder into the source tree.
+    source = tmp_path / "source"
+    source.mkdir()
+    for name in ("pyproject.toml", "README.md"):
+        shutil.copy(REPO / name, source / name)
+    for name in ("kaggle_relay", "templates"):
+        shutil.copytree(REPO / name, source / name, ignore=shutil.ignore_patterns("__pycache__", "*.egg-info"))
+    subprocess.run(
+        [sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "--quiet",
+         "--wheel-dir", str(tmp_path / "dist"), str(source)],
+        check=True, capture_output=True, timeout=300,
+    )
+    (wheel,) = (tmp_path / "dist").glob("kaggle_relay-*.whl")
+
+    names = set(zipfile.ZipFile(wheel).namelist())
+
+    for name in init.FILES:
+        assert f"kaggle_relay/templates/{name}" in names, name
+    assert "kaggle_relay/cli/init.py" in names
