@@ -4,9 +4,12 @@
 hours, and returns. Its states are those of the ledger::
 
     idle ──push──▶ running ──harvest──▶ publishing ──create version──▶ waiting
-      ▲               │ no newer checkpoint                                │ READY, file list checked
-      └───────────────┴────────────────────────────────────────────────────┘
-    any state ──stop rule──▶ done          any state ──unrecoverable──▶ failed
+      ▲               │ no newer checkpoint    ▲ version FAILED            │ READY, file list checked
+      └───────────────┴────────────────────────┴───────────────────────────┘
+    idle ──stop rule──▶ done          any state ──unrecoverable──▶ failed
+
+The stop rules (``relay/stop.py``) run before every push, so they hold
+even when a crash came between a handoff and the decision.
 
 Every step is journalled in the ledger before and after it touches Kaggle.
 After a crash inside a step, the next call finds out from Kaggle what
@@ -16,7 +19,9 @@ already happened instead of repeating it:
   the bundled preamble, so a push that went through is recognised and never
   repeated (a push may start a paid session, so it is never retried blindly);
 - inside ``publish``: a dataset version whose notes carry the run id is the
-  one this run created, so no second version is made;
+  one this run created, so no second version is made. A version that ended
+  FAILED is published again under a new marker (``ledger.publish_marker``),
+  so the lookup never finds the failed one;
 - inside ``poll``, ``harvest`` and ``ready``: these only read, so they run again.
 """
 
@@ -32,6 +37,7 @@ from pathlib import Path
 from typing import Any
 
 from kaggle_relay.errors import (
+    DatasetVersionFailedError,
     KaggleNotFoundError,
     KaggleRejectedError,
     KernelRunError,
@@ -53,6 +59,7 @@ from kaggle_relay.relay.ledger import (
     chain_lock,
     chain_log,
     list_chains,
+    publish_marker,
     work_dir,
 )
 from kaggle_relay.relay.refs import DatasetRef, KernelRef
@@ -414,55 +421,92 @@ def _after_harvest(context: Context, run: Run, found: CheckpointInfo | None) -> 
 
 
 def _publish(context: Context) -> bool:
-    from kaggle_relay.relay import datasets, publish
+    from kaggle_relay.relay import datasets
 
-    ledger, chain = context.ledger, context.chain
+    ledger = context.ledger
     run = ledger.current
     assert run is not None and run.checkpoint is not None
+    marker = publish_marker(run)
     open_step = ledger.open_step()
     if open_step and open_step["step"] == "publish":
-        found = datasets.find_version_by_notes(context.api, context.dataset, run.run_id)
+        found = datasets.find_version_by_notes(context.api, context.dataset, marker)
+        if found is not None and found.status is datasets.DatasetStatus.FAILED:
+            _after_failed_version(context, run, found.number)
+            return True
         if found is not None:
-            context.say("the interrupted publish of %s had created version %d; not publishing again", run.run_id, found.number)
+            context.say("the interrupted publish of %s had created version %d; not publishing again", marker, found.number)
             _record_published(context, run, found.number)
             return True
 
     context.step("publish")
-    ledger.begin("publish", run_id=run.run_id)
-    last = ledger.data.handoff
-    last_step = last.checkpoint.step if last and last.checkpoint else None
+    ledger.begin("publish", run_id=run.run_id, marker=marker)
     try:
-        # The newest valid checkpoint is handed over, not the best by metric: the next session must
-        # resume from the exact state this one stopped in, and an older best would repeat epochs. The
-        # metric is still recorded per run, kept as the chain's best and used by the target stop rule.
-        result = publish.publish_checkpoints(
-            context.api,
-            harvesting.output_folder(context, run),
-            context.dataset,
-            patterns=chain.patterns,
-            require_keys=chain.require_keys,
-            metric=None,
-            mode=None,
-            carry=chain.carry,
-            run_id=run.run_id,
-            handoff_note=f"kaggle-relay {chain.name} day {run.day}: {run.checkpoint.file}",
-            min_step=(last_step + 1) if last_step is not None else None,
-            timeout=chain.wait.dataset_ready_seconds,
-            title=chain.dataset_title,
-        )
+        result = _publish_checkpoint(context, run, marker)
     except WaitTimeoutError:
         # The version exists but is still processing; the next tick finds it by its notes.
-        found = datasets.find_version_by_notes(context.api, context.dataset, run.run_id)
+        found = datasets.find_version_by_notes(context.api, context.dataset, marker)
         if found is None:
             raise
         _record_published(context, run, found.number)
         return False
+    except DatasetVersionFailedError as error:
+        _after_failed_version(context, run, error.version)
+        return True
     context.step("published")
     version = result.dataset.version
     assert version is not None
     _record_published(context, run, version)
     _finish_handoff(context, run, verified=True)
     return True
+
+
+def _publish_checkpoint(context: Context, run: Run, marker: str) -> Any:
+    from kaggle_relay.relay import publish
+
+    chain = context.chain
+    assert run.checkpoint is not None
+    last = context.ledger.data.handoff
+    last_step = last.checkpoint.step if last and last.checkpoint else None
+    # The newest valid checkpoint is handed over, not the best by metric: the next session must
+    # resume from the exact state this one stopped in, and an older best would repeat epochs. The
+    # metric is still recorded per run, kept as the chain's best and used by the target stop rule.
+    return publish.publish_checkpoints(
+        context.api,
+        harvesting.output_folder(context, run),
+        context.dataset,
+        patterns=chain.patterns,
+        require_keys=chain.require_keys,
+        metric=None,
+        mode=None,
+        carry=chain.carry,
+        run_id=marker,
+        handoff_note=f"kaggle-relay {chain.name} day {run.day}: {run.checkpoint.file}",
+        min_step=(last_step + 1) if last_step is not None else None,
+        timeout=chain.wait.dataset_ready_seconds,
+        title=chain.dataset_title,
+    )
+
+
+def _after_failed_version(context: Context, run: Run, version: int | None) -> None:
+    """Publish again under a new marker after a FAILED version, or fail the chain when no attempt is left."""
+    ledger = context.ledger
+    run.failed_versions.append(version or 0)
+    run.publish_attempts_left -= 1
+    run.published = None
+    ledger.end("publish", run_id=run.run_id, error=f"version {version} ended FAILED")
+    failed = ", ".join(str(number) for number in run.failed_versions)
+    if run.publish_attempts_left <= 0:
+        ledger.fail(
+            f"dataset {context.dataset.id}: version(s) {failed} of day {run.day}'s handoff ended FAILED",
+            hint="check the dataset's versions on Kaggle, then run `kaggle-relay next-day --retry` to publish again",
+            run_id=run.run_id,
+        )
+        return
+    ledger.warn(
+        f"dataset {context.dataset.id} version {version} ended FAILED; publishing day {run.day}'s checkpoint again",
+        hint="nothing to do unless it keeps failing", run_id=run.run_id,
+    )
+    ledger.set_state("publishing")
 
 
 def _record_published(context: Context, run: Run, version: int) -> None:
@@ -488,6 +532,9 @@ def _wait_ready(context: Context) -> bool:
     except WaitTimeoutError:
         context.say("dataset %s is still processing", ref)
         return False
+    except DatasetVersionFailedError as error:
+        _after_failed_version(context, run, error.version)
+        return True
     harvesting.verify_published(context, run, ref)
     _finish_handoff(context, run, verified=True)
     return True
@@ -498,7 +545,8 @@ def _finish_handoff(context: Context, run: Run, *, verified: bool) -> None:
     ledger = context.ledger
     assert run.published is not None and verified
     ledger.data.handoff = Handoff(
-        dataset=run.published.dataset, version=run.published.version, run_id=run.run_id, checkpoint=run.checkpoint
+        dataset=run.published.dataset, version=run.published.version, run_id=publish_marker(run),
+        checkpoint=run.checkpoint,
     )
     best = ledger.data.best
     if best is not None and best.run_id == run.run_id and run.checkpoint and best.checkpoint.file == run.checkpoint.file:
@@ -515,7 +563,10 @@ def _stop(context: Context, reason: str) -> None:
 
 
 def retry_failed(chain: ChainConfig) -> bool:
-    """Put a failed chain back to ``idle`` so the next tick pushes again; return whether it was failed."""
+    """Put a failed chain back to ``idle`` (or ``publishing`` when its last checkpoint was never handed over).
+
+    Returns whether the chain was failed.
+    """
     state_dir = chain.project_dir / ".relay"
     with chain_lock(state_dir, chain.name):
         ledger = Ledger.open(state_dir, chain.name)
@@ -526,6 +577,11 @@ def retry_failed(chain: ChainConfig) -> bool:
                 run.outcome = "no_checkpoint_before_retry"
         ledger.data.error = None
         ledger.data.state = "idle"
+        current = ledger.current
+        if current is not None and current.checkpoint is not None and current.published is None:
+            # Its harvested checkpoint was never handed over (its versions FAILED): publish it again.
+            current.publish_attempts_left = 3
+            ledger.data.state = "publishing"
         ledger.end("retry")
         return True
 

@@ -27,7 +27,8 @@ Schema version 1, a sample::
          "kernel_version": 3, "handoff_in": {"dataset": "alice/digits-handoff", "version": 2},
          "accelerator": "none", "pushed_at": "…", "finished_at": null, "status": "running",
          "failure_message": "", "ended_by": "", "seconds": 0.0, "checkpoint": null,
-         "published": null, "outcome": "", "partial": false}
+         "published": null, "outcome": "", "partial": false, "failed_versions": [],
+         "publish_attempts_left": 3}
       ],
       "error": null,
       "warnings": [],
@@ -109,6 +110,20 @@ class Run(BaseModel):
     outcome: str = ""
     partial: bool = False
     """The session ended early (error, time limit, cancel) but left a valid checkpoint."""
+    failed_versions: list[int] = Field(default_factory=list)
+    """Dataset versions of this run's handoff that ended FAILED; each retry publishes under a new marker."""
+    publish_attempts_left: int = 3
+
+
+def publish_marker(run: Run) -> str:
+    """Return the marker of the run's current publication: in the version notes and the handoff identity.
+
+    It is the run id, with a suffix after each FAILED version, so that the
+    lookup by notes after a crash never finds a version that failed.
+    """
+    if not run.failed_versions:
+        return run.run_id
+    return f"{run.run_id}.retry{len(run.failed_versions)}"
 
 
 class Best(BaseModel):

@@ -86,6 +86,9 @@ def main() -> None:
     session = start_session(patterns=["ckpt-*.pt"], require_keys=["model", "optimizer"], keep=KEEP)
     # Retention still keeps the best checkpoint by validation accuracy next to the newest ones.
     session.metric, session.mode = METRIC, "max"
+    if session.handoff is not None and session.checkpoint is None:
+        # Training from scratch here would hand over an older state than the attached one.
+        raise SystemExit(f"the handoff mounted at {session.handoff} holds no valid checkpoint; stopping")
 
     train_x, train_y, val_x, val_y = make_data()
     model, optimizer, scheduler = build()

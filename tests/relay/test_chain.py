@@ -15,6 +15,7 @@ from kaggle_relay.relay.ledger import Ledger
 from tests.relay.chainkit import (
     KERNEL,
     check_chain,
+    dataset_versions,
     kernel_versions,
     short_emulator,
     start_emulator,
@@ -98,3 +99,24 @@ def test_chain_retry_policy_reaches_kaggle_calls(
         assert chains.advance(chain).state == "running"
 
     assert kernel_versions(short_emulator) == pushed
+
+
+def test_failed_dataset_version_is_published_again(tmp_path: Path, short_emulator: Any) -> None:
+    project = write_step_project(tmp_path / "p", epochs=2)
+    chain = load_config(project.config).chain[0]
+    short_emulator.faults.fail_next_dataset_version()
+
+    outcome = chains.advance(chain, wait=True)
+
+    assert outcome.state == "done"
+    ledger = Ledger.open(project.folder / ".relay", chain.name)
+    first, second = ledger.runs
+    assert first.failed_versions == [1]
+    assert first.published is not None and first.published.version == 2
+    assert second.handoff_in == first.published
+    # The second session ran to the end, so the runtime accepted the handoff identity of version 2.
+    assert second.status == "complete"
+    assert second.published is not None and second.published.version == 3
+    assert dataset_versions(short_emulator) == [1, 2, 3]
+    assert kernel_versions(short_emulator) == [1, 2]
+    assert "ended FAILED" in ledger.data.warnings[0].message
