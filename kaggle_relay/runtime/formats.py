@@ -154,11 +154,26 @@ def check_file(
 
 
 def _describe_unknown(head: bytes, size: int) -> str:
+    if _starts_a_known_format(head):
+        return f"truncated ({size} bytes): too short to show its format"
     if head[:1] == b"\x80":
         return "a Python pickle without torch's magic number, not a torch checkpoint"
-    if size < 9 and head[:1] in (b"P", b"\x80"):
-        return f"truncated ({size} bytes): too short to show its format"
+    if size < 9:
+        return f"truncated or not a checkpoint ({size} bytes): too short to show its format"
     return f"unknown format (first bytes {head[:8].hex()}); expected a torch zip, a legacy torch file or safetensors"
+
+
+def _starts_a_known_format(head: bytes) -> bool:
+    """Tell whether ``head`` is the start of a zip or legacy torch file cut before its magic number ends."""
+    for magic in (_ZIP_LOCAL, _ZIP_EMPTY):
+        if len(head) < len(magic) and magic.startswith(head):
+            return True
+    if head == b"\x80":
+        return True
+    if len(head) < 2 or head[0] != 0x80 or not 2 <= head[1] <= 5:
+        return False
+    legacy = head[2:]
+    return len(legacy) < len(_LEGACY_MAGIC) and _LEGACY_MAGIC.startswith(legacy)
 
 
 def _truncated(size: int, total: int | None, detail: str) -> str:
@@ -285,7 +300,7 @@ def _check_cut_zip(path: str, size: int, expected: int | None) -> FormatCheck:
 def _check_legacy(path: str, size: int, expected: int | None, torch_load: bool) -> FormatCheck:
     result = FormatCheck(path, TORCH_LEGACY, size)
     with open(path, "rb") as handle, mmap.mmap(handle.fileno(), 0, access=mmap.ACCESS_READ) as data:
-        total = _walk_legacy(result, data, size)
+        total = _walk_legacy(result, data, size, expected)
     if result.reason or result.load_error:
         return result
     if total is not None and total > size:
@@ -297,18 +312,21 @@ def _check_legacy(path: str, size: int, expected: int | None, torch_load: bool) 
     return result
 
 
-def _walk_legacy(result: FormatCheck, data: Any, size: int) -> int | None:
+def _walk_legacy(result: FormatCheck, data: Any, size: int, expected: int | None) -> int | None:
     """Read the legacy pickles and return the file size their storages need."""
     position = 0
     try:
         for _ in range(3):  # magic number, protocol version, system info
             position = _peek.peek_pickle(data, start=position).end
-        found = _apply_peek(result, data, position, _peek.peek_pickle, persistent_load=_peek.legacy_storage)
-        if found is None:
-            return None
+        found = _peek.peek_pickle(data, start=position, persistent_load=_peek.legacy_storage)
+        result.tree = found.root
+        result.blocked = list(found.blocked)
+        result.metadata["pickle_protocol"] = str(found.protocol)
+        result.peek = found
         keys = _peek.peek_pickle(data, start=found.end)
     except EOFError:
-        result.reason = _truncated(size, None, "the file ends inside its pickled header")
+        # A legacy file is a run of pickles, so one that ends early is a cut file, not a bad pickle.
+        result.reason = _truncated(size, expected, "the file ends inside its pickled header")
         return None
     except PickleNotSupportedError as exc:
         result.load_error = str(exc)

@@ -322,10 +322,16 @@ class _Interpreter:
     def run(self) -> Any:
         try:
             return self._run()
-        except (IndexError, struct.error):
+        except IndexError:
             if self.pos >= self.size:
                 raise EOFError(f"pickle data ends at byte {self.size} before its STOP opcode") from None
             raise PickleNotSupportedError(f"malformed pickle: stack underflow at byte {self.pos}") from None
+        except UnicodeDecodeError as exc:
+            raise PickleNotSupportedError(f"malformed pickle: a string near byte {self.pos} is not UTF-8 ({exc})") from None
+        except struct.error:
+            # Only the inlined BINUNICODE unpacks from ``data``, and that fails only when
+            # fewer than 4 bytes of its length remain.
+            raise EOFError(f"pickle data ends at byte {self.size}, inside a string length") from None
 
     def _run(self) -> Any:
         # The most frequent opcodes of a torch state dict are inlined with local
@@ -334,60 +340,66 @@ class _Interpreter:
         unpack_from = struct.unpack_from
         stack = self.stack
         pos = self.pos
-        while True:
-            code = data[pos]
-            pos += 1
-            if code == _BINPUT:
-                memo[data[pos]] = stack[-1]
+        try:
+            while True:
+                code = data[pos]
                 pos += 1
-            elif code == _BININT1:
-                stack.append(data[pos])
-                pos += 1
-            elif code == _BINUNICODE:
-                (length,) = unpack_from("<I", data, pos)
-                end = pos + 4 + length
-                if end > size:
-                    self.pos = size
-                    raise EOFError(f"pickle data ends at byte {size}, inside a string at byte {pos}")
-                stack.append(str(data[pos + 4 : end], "utf-8", "surrogatepass"))
-                pos = end
-            elif code == _BINGET:
-                stack.append(self._memo_get(data[pos]))
-                pos += 1
-            elif code == _MARK:
-                metastack.append(stack)
-                stack = []
-            elif code == _TUPLE:
-                packed = tuple(stack)
-                stack = metastack.pop()
-                stack.append(packed)
-            elif code == _SETITEMS and type(stack[-1] if not metastack else metastack[-1][-1]) is dict:
-                items = stack
-                stack = metastack.pop()
-                target = stack[-1]
-                for index in range(0, len(items), 2):
-                    target[items[index]] = items[index + 1]
-            elif code == _NEWFALSE:
-                stack.append(False)
-            elif code == _EMPTY_TUPLE:
-                stack.append(())
-            elif code == _EMPTY_DICT:
-                stack.append({})
-            elif code == _TUPLE1:
-                stack[-1] = (stack[-1],)
-            elif code == _TUPLE2:
-                stack[-2:] = [(stack[-2], stack[-1])]
-            elif code == _STOP:
-                self.pos = pos
-                return stack.pop()
-            else:
-                handler = handlers.get(code)
-                if handler is None:
-                    raise PickleNotSupportedError(_unsupported_opcode(code, pos - 1, self.protocol))
-                self.pos, self.stack = pos, stack
-                handler(self)
-                # Handlers may replace the stack (MARK, TUPLE) and move the position.
-                stack, pos = self.stack, self.pos
+                if code == _BINPUT:
+                    memo[data[pos]] = stack[-1]
+                    pos += 1
+                elif code == _BININT1:
+                    stack.append(data[pos])
+                    pos += 1
+                elif code == _BINUNICODE:
+                    (length,) = unpack_from("<I", data, pos)
+                    end = pos + 4 + length
+                    if end > size:
+                        self.pos = size
+                        raise EOFError(f"pickle data ends at byte {size}, inside a string at byte {pos}")
+                    stack.append(str(data[pos + 4 : end], "utf-8", "surrogatepass"))
+                    pos = end
+                elif code == _BINGET:
+                    stack.append(self._memo_get(data[pos]))
+                    pos += 1
+                elif code == _MARK:
+                    metastack.append(stack)
+                    stack = []
+                elif code == _TUPLE:
+                    packed = tuple(stack)
+                    stack = metastack.pop()
+                    stack.append(packed)
+                elif code == _SETITEMS and type(stack[-1] if not metastack else metastack[-1][-1]) is dict:
+                    items = stack
+                    stack = metastack.pop()
+                    target = stack[-1]
+                    for index in range(0, len(items), 2):
+                        target[items[index]] = items[index + 1]
+                elif code == _NEWFALSE:
+                    stack.append(False)
+                elif code == _EMPTY_TUPLE:
+                    stack.append(())
+                elif code == _EMPTY_DICT:
+                    stack.append({})
+                elif code == _TUPLE1:
+                    stack[-1] = (stack[-1],)
+                elif code == _TUPLE2:
+                    stack[-2:] = [(stack[-2], stack[-1])]
+                elif code == _STOP:
+                    self.pos = pos
+                    return stack.pop()
+                else:
+                    handler = handlers.get(code)
+                    if handler is None:
+                        raise PickleNotSupportedError(_unsupported_opcode(code, pos - 1, self.protocol))
+                    self.pos, self.stack = pos, stack
+                    handler(self)
+                    # Handlers may replace the stack (MARK, TUPLE) and move the position.
+                    stack, pos = self.stack, self.pos
+        except (IndexError, struct.error):
+            # The inlined opcodes read ``data`` without moving ``self.pos``: record where
+            # the read stopped, so a file cut inside one of them is not taken for a stack underflow.
+            self.pos = max(self.pos, pos)
+            raise
 
     def _mark(self) -> None:
         self.metastack.append(self.stack)

@@ -49,30 +49,65 @@ def read_directory(handle: BinaryIO, size: int) -> dict[str, ZipEntry]:
     end = tail.rfind(_EOCD)
     if end < 0 or end + _EOCD_SIZE > len(tail):
         raise zipfile.BadZipFile("end of central directory record not found")
+    disk, directory_disk = struct.unpack_from("<HH", tail, end + 4)
+    if disk or directory_disk:
+        raise zipfile.BadZipFile("the end record names a multi-disk archive")
     count, directory_size, directory_offset = struct.unpack_from("<HII", tail, end + 10)
-    if _FULL32 in (directory_size, directory_offset) or count == 0xFFFF:
-        count, directory_size, directory_offset = _zip64_end(handle, tail, end, tail_start)
-    if directory_offset + directory_size > size:
-        raise zipfile.BadZipFile("central directory runs past the end of the file")
+    directory_end = tail_start + end
+    has_locator = end >= 20 and tail[end - 20 : end - 16] == _EOCD64_LOCATOR
+    if has_locator or _FULL32 in (directory_size, directory_offset) or count == 0xFFFF:
+        # torch writes zip64 end records even for small files; the directory ends where they start.
+        found = _zip64_end(handle, tail, end, tail_start)
+        for short, wide in zip((count, directory_size, directory_offset), found[:3], strict=True):
+            if short not in (wide, 0xFFFF, _FULL32):
+                raise zipfile.BadZipFile("the end record and the zip64 end record disagree")
+        count, directory_size, directory_offset, directory_end = found
+    if directory_offset + directory_size != directory_end:
+        # torch's reader (miniz) rejects such a file, so it must not pass here.
+        raise zipfile.BadZipFile(
+            f"central directory of {directory_size} bytes at offset {directory_offset} does not end "
+            f"where the end record starts (offset {directory_end})"
+        )
     handle.seek(directory_offset)
     directory = handle.read(directory_size)
     return _parse_entries(directory, count)
 
 
-def _zip64_end(handle: BinaryIO, tail: bytes, end: int, tail_start: int) -> tuple[int, int, int]:
+def _zip64_end(handle: BinaryIO, tail: bytes, end: int, tail_start: int) -> tuple[int, int, int, int]:
     locator = end - 20
     if locator < 0 or tail[locator : locator + 4] != _EOCD64_LOCATOR:
         raise zipfile.BadZipFile("zip64 end of central directory locator not found")
-    (record_offset,) = struct.unpack_from("<Q", tail, locator + 8)
+    record_disk, record_offset, disks = struct.unpack_from("<IQI", tail, locator + 4)
+    if record_disk != 0 or disks != 1:
+        raise zipfile.BadZipFile("the zip64 end locator names a multi-disk archive")
+    if record_offset + 56 > tail_start + locator:
+        raise zipfile.BadZipFile("the zip64 end locator points past itself")
     handle.seek(record_offset)
     record = handle.read(56)
     if len(record) < 56 or record[:4] != b"PK\x06\x06":
         raise zipfile.BadZipFile("zip64 end of central directory record not found")
-    count, directory_size, directory_offset = struct.unpack_from("<QQQ", record, 32)
-    return count, directory_size, directory_offset
+    (record_size,) = struct.unpack_from("<Q", record, 4)
+    if record_offset + 12 + record_size != tail_start + locator:
+        raise zipfile.BadZipFile("the zip64 end record does not end where its locator starts")
+    count_here, count, directory_size, directory_offset = struct.unpack_from("<QQQQ", record, 24)
+    if count_here != count:
+        raise zipfile.BadZipFile("the zip64 end record names a multi-disk archive")
+    return count, directory_size, directory_offset, record_offset
 
 
 def _parse_entries(directory: bytes, count: int) -> dict[str, ZipEntry]:
+    try:
+        entries, position = _parse_records(directory, count)
+    except struct.error as exc:
+        raise zipfile.BadZipFile(f"central directory ends inside a record ({exc})") from None
+    if position != len(directory):
+        raise zipfile.BadZipFile(
+            f"central directory size {len(directory)} does not match its {count} records ({position} bytes)"
+        )
+    return entries
+
+
+def _parse_records(directory: bytes, count: int) -> tuple[dict[str, ZipEntry], int]:
     entries: dict[str, ZipEntry] = {}
     position = 0
     for _ in range(count):
@@ -89,7 +124,7 @@ def _parse_entries(directory: bytes, count: int) -> dict[str, ZipEntry]:
             uncompressed, compressed, offset = _zip64_sizes(extra, uncompressed, compressed, offset)
         entries[name] = ZipEntry(name, offset, compressed, uncompressed, method, crc)
         position = name_start + name_length + extra_length + comment_length
-    return entries
+    return entries, position
 
 
 def _zip64_sizes(extra: bytes, uncompressed: int, compressed: int, offset: int) -> tuple[int, int, int]:

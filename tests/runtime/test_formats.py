@@ -190,3 +190,92 @@ def test_fast_and_exact_readers_agree(tmp_path: Path) -> None:
         assert repr(exact[0]) == repr(fast[0]), name
         assert exact[1:] == fast[1:], name
     assert not (tmp_path / "payload-ran").exists()
+
+
+# --- a file cut at any offset, or damaged, is reported and never raises ------------------------
+
+
+def _training_state() -> dict[str, object]:
+    model = torch.nn.Linear(16, 8)
+    return {"model": model.state_dict(), "optimizer": torch.optim.Adam(model.parameters()).state_dict(), "step": 5}
+
+
+@pytest.mark.parametrize("legacy", [False, True], ids=["zip", "legacy"])
+def test_torch_file_cut_at_every_offset_is_truncated(tmp_path: Path, legacy: bool) -> None:
+    data = save(tmp_path / "full.pt", _training_state(), legacy=legacy).read_bytes()
+    target = tmp_path / "cut.pt"
+    for length in range(1, len(data), 3):
+        target.write_bytes(data[:length])
+        check = formats.check_file(target, legacy_torch_load=False)
+        assert not check.complete, length
+        assert check.reason.startswith(f"truncated ({length} "), (length, check.reason)
+        assert check.load_error == "", (length, check.load_error)
+
+
+def test_safetensors_cut_at_every_offset_is_reported(tmp_path: Path) -> None:
+    data = save_safetensors(tmp_path / "full.safetensors", tiny_state(), {"step": "5"}).read_bytes()
+    header_end = 8 + int.from_bytes(data[:8], "little")
+    target = tmp_path / "cut.safetensors"
+    for length in range(1, len(data)):
+        target.write_bytes(data[:length])
+        check = formats.check_file(target)
+        assert not check.complete, length
+        if length < 9:
+            assert check.reason.startswith(f"truncated or not a checkpoint ({length} bytes)"), check.reason
+        elif length < header_end:
+            assert check.reason.startswith(f"truncated ({length} bytes): the file ends inside its"), check.reason
+        else:
+            assert check.reason == f"truncated ({length} of {len(data)} bytes): the file ends inside the tensor data"
+
+
+def test_legacy_file_cut_inside_its_pickles_names_truncation(tmp_path: Path) -> None:
+    path = save(tmp_path / "old.pth", _training_state(), legacy=True)
+    full = path.stat().st_size
+    cut(path, 0.3)
+    check = formats.check_file(path, expected_bytes=full)
+    assert check.reason == f"truncated ({int(full * 0.3)} of {full} bytes): the file ends inside its pickled header"
+
+
+def test_zip_with_short_storage_entry_is_incomplete(tmp_path: Path) -> None:
+    source = save(tmp_path / "a.pt", {"w": torch.ones(8), "v": torch.ones(4)})
+    target = tmp_path / "b.pt"
+    with zipfile.ZipFile(source) as old, zipfile.ZipFile(target, "w") as new:
+        for info in old.infolist():
+            data = old.read(info)
+            if info.filename.endswith("data/1"):
+                data = data[:6]
+            new.writestr("b/" + info.filename.removeprefix("a/"), data)
+    check = formats.check_file(target)
+    assert not check.complete
+    assert check.reason == "incomplete: storage entries too short: 1 (6 of 16 bytes)"
+
+
+def test_zip_with_bytes_missing_in_the_middle_is_never_complete(tmp_path: Path) -> None:
+    data = save(tmp_path / "full.pt", _training_state()).read_bytes()
+    target = tmp_path / "holed.pt"
+    for start in range(0, len(data) - 1, 5):
+        for length in (1, 16):
+            target.write_bytes(data[:start] + data[start + length :])
+            check = formats.check_file(target)
+            assert not check.complete, (start, length)
+            assert check.reason or check.load_error, (start, length)
+
+
+def test_damaged_zip_directory_is_reported_not_raised(tmp_path: Path) -> None:
+    data = save(tmp_path / "full.pt", _training_state()).read_bytes()
+    directory_start = data.rfind(b"PK\x01\x02", 0, data.rfind(b"PK\x01\x02"))
+    target = tmp_path / "flipped.pt"
+    for position in range(directory_start, len(data)):
+        damaged = bytearray(data)
+        damaged[position] ^= 0xFF
+        target.write_bytes(bytes(damaged))
+        formats.check_file(target)  # must return a verdict for every byte, never raise
+
+
+def test_pickle_string_that_is_not_utf8_is_malformed(tmp_path: Path) -> None:
+    path = save(tmp_path / "a.pt", {"weights": torch.ones(2)}, legacy=True)
+    data = path.read_bytes().replace(b"weights", b"\xafeights", 1)
+    path.write_bytes(data)
+    check = formats.check_file(path, legacy_torch_load=False)
+    assert not check.complete
+    assert check.load_error.startswith("malformed pickle: a string near byte ")
