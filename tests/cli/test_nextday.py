@@ -86,7 +86,7 @@ def test_second_next_day_skips_locked_chain(tmp_path: Path, short_emulator: Any)
 
 
 @pytest.mark.slow
-def test_two_next_day_started_together_push_once(tmp_path: Path, short_emulator: Any) -> None:
+def test_concurrent_next_day_pushes_once(tmp_path: Path, short_emulator: Any) -> None:
     project = write_step_project(tmp_path / "p", epochs=1)
 
     processes = [next_day_process(project), next_day_process(project)]

@@ -36,7 +36,7 @@ def test_rehearse_runs_project_copy_to_done(tmp_path: Path, capsys: pytest.Captu
     assert Path(report["work_dir"], "project", ".relay", "digits.json").is_file()
 
 
-def test_rehearse_without_project_says_how_to_start(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+def test_rehearse_without_project_fails(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     code = main(["rehearse", "--dir", str(tmp_path)])
 
     assert code == 4

@@ -177,8 +177,8 @@ def check_chain(emulator: Any, project: Project, chain: str = "digits") -> Ledge
     """Check what a crash must never cause, and return the ledger.
 
     Every kernel and dataset version on the emulator belongs to one run of the
-    ledger (nothing pushed or published twice), every push attached the
-    previous handoff, handed-over steps only grow, and each run journalled
+    ledger, so nothing was pushed or published twice. Every push attached the
+    previous handoff, and handed-over steps only grow. Each run journalled
     every step of the loop once, in order.
     """
     from kaggle_relay.relay.ledger import Ledger

@@ -83,7 +83,7 @@ def test_tick_during_a_run_only_polls(tmp_path: Path, short_emulator: Any) -> No
 
 
 @pytest.mark.parametrize(("attempts", "pushed"), [(1, []), (2, [1])])
-def test_chain_retry_policy_reaches_kaggle_calls(
+def test_retry_policy_reaches_kaggle_calls(
     tmp_path: Path, short_emulator: Any, attempts: int, pushed: list[int]
 ) -> None:
     project = write_step_project(tmp_path / "p", epochs=1)
@@ -101,7 +101,7 @@ def test_chain_retry_policy_reaches_kaggle_calls(
     assert kernel_versions(short_emulator) == pushed
 
 
-def test_failed_dataset_version_is_published_again(tmp_path: Path, short_emulator: Any) -> None:
+def test_failed_dataset_version_republished(tmp_path: Path, short_emulator: Any) -> None:
     project = write_step_project(tmp_path / "p", epochs=2)
     chain = load_config(project.config).chain[0]
     short_emulator.faults.fail_next_dataset_version()

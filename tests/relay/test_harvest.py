@@ -1,4 +1,4 @@
-"""Harvesting a finished session: how it ended, which checkpoint goes on, what the user is told.
+"""Harvesting a finished session: how it ended, which checkpoint goes on, which warnings the ledger records.
 
 The end-to-end cases run real sessions on the emulator: a session killed at
 the time limit, and a session that failed after saving and left a truncated
@@ -111,7 +111,7 @@ def test_examine_never_returns_older_than_handoff(tmp_path: Path) -> None:
     assert newer is not None and newer.step == 3
 
 
-def test_examine_reports_best_by_metric_apart_from_newest(tmp_path: Path) -> None:
+def test_examine_reports_best_apart_from_newest(tmp_path: Path) -> None:
     save_epochs(tmp_path / "checkpoints", [0.5, 0.9, 0.7])
 
     found = examine(tmp_path, chain_config(metric="val_acc", mode="max"), last_step=None)
@@ -133,7 +133,7 @@ def test_examine_best_follows_min_mode(tmp_path: Path) -> None:
 
 
 @pytest.mark.slow
-def test_time_limit_kill_resumes_from_last_handoff(
+def test_time_limit_kill_warns_and_resumes(
     tmp_path: Path, _isolated_kaggle_config: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     once = tmp_path / "hang-once"
@@ -164,7 +164,7 @@ def test_time_limit_kill_resumes_from_last_handoff(
 
 
 @pytest.mark.slow
-def test_failed_session_hands_off_its_complete_checkpoint(tmp_path: Path, short_emulator: Any) -> None:
+def test_failed_session_hands_off_valid_checkpoint(tmp_path: Path, short_emulator: Any) -> None:
     once = tmp_path / "crash-once"
     once.touch()
     project = write_step_project(tmp_path / "p", epochs=2, once=str(once), trouble="crash", trouble_epoch=0)

@@ -37,7 +37,7 @@ class Crash(Exception):
     """Raised from the hook: the process "dies" at that point."""
 
 
-def test_chain_survives_crash_at_every_hook_point(tmp_path: Path, short_emulator: Any) -> None:
+def test_crash_at_every_hook_point(tmp_path: Path, short_emulator: Any) -> None:
     project = write_step_project(tmp_path / "p", epochs=2)
     chain = load_config(project.config).chain[0]
     crashed: list[str] = []
@@ -73,7 +73,7 @@ def open_step(project: Any) -> str:
     return step["step"] if step else ""
 
 
-def test_next_day_killed_inside_kaggle_calls_recovers(tmp_path: Path, short_emulator: Any) -> None:
+def test_killed_next_day_recovers(tmp_path: Path, short_emulator: Any) -> None:
     project = write_step_project(tmp_path / "p", epochs=2)
     faults = short_emulator.faults
 
