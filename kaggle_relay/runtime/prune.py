@@ -39,46 +39,17 @@ from kaggle_relay.runtime.manifest import Manifest, ManifestEntry, load_or_new, 
 
 log = logging.getLogger(__name__)
 
-_MIN_WORDS = ("loss", "error", "err", "perplexity", "ppl", "mse", "mae", "rmse", "wer", "cer")
-_MAX_WORDS = (
-    "acc",
-    "accuracy",
-    "f1",
-    "auc",
-    "score",
-    "precision",
-    "recall",
-    "map",
-    "iou",
-    "dice",
-    "bleu",
-)
-
-
 def resolve_mode(metric: str, mode: str | None) -> str:
-    """Return "min" or "max" for ``metric``: the given mode, or one implied by a common metric name.
+    """Return ``mode`` after checking that it is "min" or "max" for ``metric``.
 
-    Raises ConfigError when the direction is not given and the name does not
-    imply one, because guessing could keep the worst checkpoint.
+    The direction is never guessed from the metric's name, so retention and
+    selection (``select.check_mode``) agree and neither can keep the worst.
     """
-    if mode is not None:
-        if mode not in ("min", "max"):
-            raise ConfigError(
-                f"mode {mode!r} is invalid for metric {metric!r}",
-                field="mode",
-                hint="use 'min' or 'max'",
-            )
-        return mode
-    words = metric.lower().replace("-", "_").split("_")
-    if any(word in _MIN_WORDS for word in words):
-        return "min"
-    if any(word in _MAX_WORDS for word in words):
-        return "max"
-    raise ConfigError(
-        f"the direction of metric {metric!r} is unknown",
-        field="mode",
-        hint="pass mode='min' (loss, error) or mode='max' (accuracy, score)",
-    )
+    from kaggle_relay.runtime.select import check_mode
+
+    check_mode(metric, mode)
+    assert mode is not None
+    return mode
 
 
 @dataclass
