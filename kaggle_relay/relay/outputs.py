@@ -12,8 +12,9 @@ Layout of a harvest in ``dest``::
     dest/<slug>.log                  the run log, outside the outputs' namespace
 
 A name is refused (and reported in ``Outputs.refused``, with a warning)
-when it is absolute, has a drive letter, a backslash, an empty, ``.`` or
-``..`` part, or starts with the atomic-write prefix. The other files are
+when it is absolute, has a drive letter, a backslash, a NUL byte, an empty,
+``.`` or ``..`` part or a part above 255 bytes, or starts with the
+atomic-write prefix. The other files are
 downloaded. If ``relay-manifest.json`` names a file that did not arrive
 (rejected, or missing from the listing), the harvest fails with
 ManifestError, so a checkpoint cannot vanish silently.
@@ -84,6 +85,8 @@ def check_output_name(name: str) -> PurePosixPath:
     parts = name.split("/")
     if any(part in ("", ".", "..") for part in parts):
         raise UnsafeOutputPathError(name, "it has an empty, '.' or '..' part")
+    if any(len(part.encode("utf-8", "surrogateescape")) > atomic.NAME_MAX for part in parts):
+        raise UnsafeOutputPathError(name, f"it has a part longer than {atomic.NAME_MAX} bytes")
     if any(atomic.is_temporary(part) for part in parts):
         raise UnsafeOutputPathError(name, f"it starts with {atomic.TEMP_PREFIX!r}, reserved for unfinished writes")
     return PurePosixPath(*parts)

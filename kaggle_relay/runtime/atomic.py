@@ -27,8 +27,19 @@ def is_temporary(name: str) -> bool:
     return os.path.basename(name).startswith(TEMP_PREFIX)
 
 
+# The longest file name (in bytes) that Linux file systems accept.
+NAME_MAX = 255
+
+
 def temporary_path(target: Path) -> Path:
-    return target.parent / f"{TEMP_PREFIX}{secrets.token_hex(4)}-{target.name}"
+    """Return a unique sibling of ``target`` whose name starts with ``TEMP_PREFIX``.
+
+    The target's name is shortened when needed so the temporary name stays within ``NAME_MAX``.
+    """
+    head = f"{TEMP_PREFIX}{secrets.token_hex(4)}-"
+    budget = NAME_MAX - len(head.encode())
+    name = target.name.encode("utf-8", "surrogateescape")[:budget].decode("utf-8", "ignore")
+    return target.parent / f"{head}{name}"
 
 
 def fsync_dir(folder: Path) -> None:

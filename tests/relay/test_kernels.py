@@ -378,3 +378,61 @@ def test_second_harvest_removes_stale_files(relay_api: Any, tmp_path: Path) -> N
     stale.write_bytes(b"old")
     kernels.download_outputs(relay_api, ref, tmp_path / "harvest")
     assert not stale.exists()
+
+
+def test_download_refuses_every_escaping_name(relay_api: Any, emulator: Any, tmp_path: Path) -> None:
+    ref = finished(relay_api, tmp_path)
+    kernel = str(ref.unversioned())
+    hostile = [
+        "ckpt/\x00.pt",
+        "./../x.txt",
+        "ckpt/./x.pt",
+        "ckpt/../../x.txt",
+        "a//b.pt",
+        "ckpt/",
+        ".relay-tmp-1234abcd-ckpt.pt",
+        "x" * 256 + ".pt",
+    ]
+    for name in hostile:
+        emulator.add_output(kernel, 1, name, b"hostile")
+    dest = tmp_path / "harvest"
+
+    outputs = kernels.download_outputs(relay_api, ref, dest)
+
+    assert sorted(error.name for error in outputs.refused) == sorted(hostile)
+    for error in outputs.refused:
+        assert repr(error.name) in str(error) or error.name in str(error)
+    written = sorted(path.relative_to(tmp_path).as_posix() for path in tmp_path.rglob("*") if path.is_file())
+    assert [name for name in written if not name.startswith(("kernel-", "harvest/"))] == []
+    assert sorted(path.relative_to(outputs.folder).as_posix() for path in outputs.files) == [
+        "checkpoints/ckpt-step000100.pt"
+    ]
+
+
+def test_download_keeps_look_alike_names_inside(relay_api: Any, emulator: Any, tmp_path: Path) -> None:
+    ref = finished(relay_api, tmp_path)
+    kernel = str(ref.unversioned())
+    # Full-width and leader dots and a full-width solidus are plain characters to the file system.
+    look_alikes = ["\uff0e\uff0e/x.txt", "\u2025/y.txt", "..\uff0fz.txt", "\u2024\u2024/w.txt"]
+    for name in look_alikes:
+        emulator.add_output(kernel, 1, name, name.encode())
+    dest = tmp_path / "harvest"
+
+    outputs = kernels.download_outputs(relay_api, ref, dest)
+
+    assert outputs.refused == []
+    for name in look_alikes:
+        path = outputs.folder / name
+        assert path.resolve().is_relative_to(outputs.folder.resolve())
+        assert path.read_bytes() == name.encode()
+
+
+def test_download_keeps_name_of_maximum_length(relay_api: Any, emulator: Any, tmp_path: Path) -> None:
+    ref = finished(relay_api, tmp_path)
+    long_name = "c" * 252 + ".pt"  # 255 bytes, the longest name Linux file systems accept
+    emulator.add_output(str(ref.unversioned()), 1, f"checkpoints/{long_name}", b"long")
+
+    outputs = kernels.download_outputs(relay_api, ref, tmp_path / "harvest")
+
+    assert outputs.refused == []
+    assert (outputs.folder / "checkpoints" / long_name).read_bytes() == b"long"
