@@ -19,6 +19,7 @@ from typing import Any
 
 from kaggle_relay.errors import ConfigError, HandoffMismatchError
 from kaggle_relay.runtime import discover
+from kaggle_relay.runtime.manifest import MANIFEST_NAME, load_manifest
 from kaggle_relay.runtime.trust import WORKING
 
 log = logging.getLogger(__name__)
@@ -77,7 +78,15 @@ def verify_handoff(
         return None
     inputs = [location for location in discover.list_locations(root) if location.source != WORKING]
     seen: list[str] = []
-    for location, manifest in discover.iter_manifests(inputs):
+    for location, path in discover.iter_candidates(inputs, [MANIFEST_NAME]):
+        try:
+            manifest = load_manifest(os.path.dirname(path))
+        except ValueError as exc:
+            # The handoff's own manifest may be the damaged one, so the error must show it.
+            seen.append(f"{path} ({location.source} {location.dataset or '?'}): unreadable ({exc})")
+            continue
+        if manifest is None:
+            continue
         found = _identity(manifest.handoff)
         if found is not None and _same(found, identity):
             log.info(

@@ -83,3 +83,53 @@ def test_handoff_ignores_working_manifest(kaggle_root: Path) -> None:
 def test_handoff_rejects_incomplete_identity(kaggle_root: Path) -> None:
     with pytest.raises(ConfigError, match="run_id"):
         verify_handoff({"dataset": "alice/x", "version": 1})
+
+
+@pytest.mark.parametrize(
+    "mount",
+    [
+        "relay-handoff/relay-handoff",
+        "d/alice/relay-handoff/a/b/c/d/e/f",
+        "datasets/alice/relay-handoff/runs/run-1/checkpoints",
+        "notebooks/alice/relay-trainer/checkpoints",
+        "relay-trainer/checkpoints",
+    ],
+)
+def test_handoff_found_at_other_depths(kaggle_root: Path, mount: str) -> None:
+    folder = publish(kaggle_root / "input" / mount, EXPECTED)
+    assert verify_handoff(EXPECTED) == folder
+
+
+def test_handoff_below_depth_bound_is_not_found(kaggle_root: Path) -> None:
+    publish(kaggle_root / "input" / "datasets" / "alice" / "relay-handoff" / "a/b/c/d/e/f/g", EXPECTED)
+    with pytest.raises(HandoffMismatchError) as caught:
+        verify_handoff(EXPECTED)
+    message = str(caught.value)
+    assert "no relay manifest under the input folder" in message
+    assert str(kaggle_root / "input" / "datasets" / "alice" / "relay-handoff") in message
+
+
+def test_handoff_same_slug_flat_and_nested_picks_identity(kaggle_root: Path) -> None:
+    publish(kaggle_root / "input" / "relay-handoff", {**EXPECTED, "dataset": "bob/relay-handoff"})
+    publish(kaggle_root / "input" / "d" / "carol" / "relay-handoff", {**EXPECTED, "run_id": "run-0"})
+    ours = publish(kaggle_root / "input" / "d" / "alice" / "relay-handoff", EXPECTED)
+    assert verify_handoff(EXPECTED) == ours
+
+
+def test_handoff_symlink_loop_in_input_ends(kaggle_root: Path) -> None:
+    dataset = publish(kaggle_root / "input" / "relay-handoff" / "deep", {**EXPECTED, "version": 1})
+    (dataset / "loop").symlink_to(dataset.parent)
+    with pytest.raises(HandoffMismatchError) as caught:
+        verify_handoff(EXPECTED)
+    assert "'version': 1" in str(caught.value)
+
+
+def test_handoff_unreadable_manifest_is_listed(kaggle_root: Path) -> None:
+    folder = kaggle_root / "input" / "relay-handoff"
+    folder.mkdir(parents=True)
+    (folder / "relay-manifest.json").write_text("{not json", encoding="utf-8")
+    with pytest.raises(HandoffMismatchError) as caught:
+        verify_handoff(EXPECTED)
+    message = str(caught.value)
+    assert str(folder / "relay-manifest.json") in message
+    assert "no relay manifest under the input folder" not in message
