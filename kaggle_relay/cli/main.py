@@ -9,8 +9,10 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import json
 import logging
 import sys
+import typing
 from collections.abc import Sequence
 
 from kaggle_relay import __version__
@@ -38,7 +40,7 @@ log = logging.getLogger("kaggle_relay")
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = JsonAwareParser(
         prog="kaggle-relay",
         description="Carry a PyTorch training run across Kaggle sessions.",
         epilog=exitcodes.HELP,
@@ -46,7 +48,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--version", action="version", version=f"kaggle-relay {__version__}")
     parser.add_argument("--debug", action="store_true", help="show tracebacks and debug logs")
-    subparsers = parser.add_subparsers(dest="command", metavar="COMMAND")
+    subparsers = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=JsonAwareParser)
     for module_name in COMMANDS.values():
         try:
             module = importlib.import_module(module_name)
@@ -65,9 +67,37 @@ def exit_code_for(error: BaseException) -> int:
         return exitcodes.CREDENTIALS
     if isinstance(error, KaggleUnavailableError):
         return exitcodes.KAGGLE_UNAVAILABLE
-    if isinstance(error, ConfigError | RelayError):
+    if isinstance(error, ConfigError) and not error.path:
+        # Not tied to relay.toml or another file: a value given on the command line.
+        return exitcodes.USAGE
+    if isinstance(error, RelayError):
         return exitcodes.NEEDS_ATTENTION
     return exitcodes.ERROR
+
+
+def error_document(error: BaseException, code: int) -> dict[str, object]:
+    """Return the ``--json`` form of a failed command, so stdout always parses."""
+    document: dict[str, object] = {
+        "error": {
+            "type": type(error).__name__,
+            "message": str(error),
+            "hint": getattr(error, "hint", ""),
+        },
+        "code": code,
+    }
+    return document
+
+
+class JsonAwareParser(argparse.ArgumentParser):
+    """An ArgumentParser that reports invalid arguments as JSON when ``--json`` was given."""
+
+    json_output = False
+
+    def error(self, message: str) -> typing.NoReturn:
+        if JsonAwareParser.json_output:
+            error = ValueError(f"{self.prog}: {message}")
+            print(json.dumps(error_document(error, exitcodes.USAGE)))
+        super().error(message)
 
 
 def configure_logging(debug: bool) -> None:
@@ -79,24 +109,40 @@ def configure_logging(debug: bool) -> None:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    try:
+        return run(list(sys.argv[1:] if argv is None else argv))
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+
+
+def run(argv: list[str]) -> int:
+    # --debug is accepted before or after the command name.
+    debug = "--debug" in argv
+    argv = [arg for arg in argv if arg != "--debug"]
+    JsonAwareParser.json_output = "--json" in argv
     parser = build_parser()
     args = parser.parse_args(argv)
     if not getattr(args, "func", None):
         parser.print_help(sys.stderr)
         return exitcodes.USAGE
-    configure_logging(args.debug)
+    configure_logging(debug)
     try:
         return int(args.func(args) or 0)
     except RelayError as error:
-        if args.debug:
-            log.exception("failed")
-        print(f"error: {error}", file=sys.stderr)
-        if error.hint:
-            print(f"  fix: {error.hint}", file=sys.stderr)
-        return exit_code_for(error)
-    except KeyboardInterrupt:
-        print("interrupted", file=sys.stderr)
-        return 130
+        return report_error(error, debug=debug, as_json=getattr(args, "json", False))
+
+
+def report_error(error: RelayError, *, debug: bool, as_json: bool) -> int:
+    if debug:
+        log.exception("failed")
+    code = exit_code_for(error)
+    print(f"error: {error}", file=sys.stderr)
+    if error.hint:
+        print(f"  fix: {error.hint}", file=sys.stderr)
+    if as_json:
+        print(json.dumps(error_document(error, code)))
+    return code
 
 
 if __name__ == "__main__":

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
+import os
 
 from kaggle_relay.cli import exitcodes
 
@@ -65,8 +65,10 @@ def run(args: argparse.Namespace) -> int:
     from kaggle_relay.runtime.trust import SOURCES, TrustPolicy
 
     if bool(args.metric) != bool(args.mode):
-        print("error: --metric and --mode go together: --mode min for a loss, --mode max for accuracy", file=sys.stderr)
-        return exitcodes.USAGE
+        raise ConfigError("--metric and --mode go together: --mode min for a loss, --mode max for accuracy")
+    missing = [root for root in args.roots if not os.path.isdir(root)]
+    if missing:
+        raise ConfigError(f"no such folder: {', '.join(missing)}", hint="pass folders that exist, or no ROOT for the Kaggle layout")
     sources: dict[str, str] = {}
     datasets: dict[str, str] = {}
     for item in args.trust:
@@ -75,8 +77,7 @@ def run(args: argparse.Namespace) -> int:
     try:
         policy = TrustPolicy(sources=sources, datasets=datasets, globals=args.trust_global)
     except ConfigError as exc:
-        print(f"error: --trust: {exc}", file=sys.stderr)
-        return exitcodes.USAGE
+        raise ConfigError(f"--trust: {exc}", hint=exc.hint) from exc
 
     result = select.scan(
         args.roots or None,

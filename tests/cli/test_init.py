@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 import tomllib
 
-from kaggle_relay.cli import init
+from kaggle_relay.cli import exitcodes, init
 from kaggle_relay.cli.main import main
 from kaggle_relay.relay.config import load_config
 
@@ -62,7 +62,7 @@ def test_init_force_overwrites(tmp_path: Path) -> None:
 def test_init_rejects_bad_slug(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     code = main(["init", str(tmp_path / "p"), "--slug", "Bad Slug"])
 
-    assert code == 4
+    assert code == exitcodes.USAGE
     assert "slug" in capsys.readouterr().err
     assert not (tmp_path / "p").exists()
 
