@@ -207,6 +207,10 @@ def check_model_state(model: torch.nn.Module, saved: Mapping[str, Any]) -> None:
         )
 
 
+# Group entries that are not optimizer settings: schedulers add initial_lr, named parameters param_names.
+_GROUP_BOOKKEEPING = {"params", "initial_lr", "param_names"}
+
+
 def describe_optimizer_mismatch(optimizer: torch.optim.Optimizer, saved: Mapping[str, Any]) -> str:
     """Return why the saved optimizer state cannot load into ``optimizer``, or "" when it can."""
     saved_groups = saved.get("param_groups", [])
@@ -216,6 +220,16 @@ def describe_optimizer_mismatch(optimizer: torch.optim.Optimizer, saved: Mapping
     for index, (saved_group, group) in enumerate(zip(saved_groups, groups, strict=True)):
         if len(saved_group["params"]) != len(group["params"]):
             return f"group {index}: {len(saved_group['params'])} parameters saved, {len(group['params'])} configured"
+        # load_state_dict replaces each group with the saved one, so a different optimizer class
+        # (Adam saved, SGD configured) would load and then fail on its first step. A torch upgrade
+        # only adds settings, so settings missing on both sides mean another class.
+        only_saved = sorted(set(saved_group) - set(group) - _GROUP_BOOKKEEPING)
+        only_configured = sorted(set(group) - set(saved_group) - _GROUP_BOOKKEEPING)
+        if only_saved and only_configured:
+            return (
+                f"group {index}: the saved optimizer has settings {', '.join(only_saved)} and the configured "
+                f"one has {', '.join(only_configured)} instead, so they are different optimizer classes"
+            )
 
     saved_ids = [pid for group in saved_groups for pid in group["params"]]
     params = [param for group in groups for param in group["params"]]

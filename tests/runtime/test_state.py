@@ -115,6 +115,50 @@ def test_optimizer_mismatch_weights_only_resume_is_recorded(
     assert "4 parameters saved" in events[0]["reason"]
 
 
+def test_optimizer_of_other_class_loads_nothing(kaggle_root: Path, tmp_path: Path) -> None:
+    saved = saved_adam_state(tmp_path)
+    torch.manual_seed(1)
+    model = two_layer_model()
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
+    weights_before = {key: value.clone() for key, value in model.state_dict().items()}
+    optimizer_before = optimizer.state_dict()
+
+    with pytest.raises(StateMismatchError) as caught:
+        restore_training_state(saved, model, optimizer)
+
+    assert "different optimizer classes" in str(caught.value)
+    assert "momentum" in str(caught.value)
+    for key, value in model.state_dict().items():
+        assert torch.equal(value, weights_before[key]), key
+    assert optimizer.state_dict() == optimizer_before
+
+    report = restore_training_state(saved, model, optimizer, optimizer_policy="weights_only")
+    assert report.weights_only
+    train_step(model, optimizer)
+    assert optimizer.param_groups[0]["momentum"] == 0.9
+
+
+def test_optimizer_with_other_groups_loads_nothing(tmp_path: Path) -> None:
+    saved = saved_adam_state(tmp_path)
+    model = two_layer_model()
+    params = list(model.parameters())
+    optimizer = torch.optim.Adam([{"params": params[:2]}, {"params": params[2:], "lr": 0.1}])
+    with pytest.raises(StateMismatchError, match="1 parameter groups saved, 2 configured"):
+        restore_training_state(saved, model, optimizer)
+    assert optimizer.state_dict()["state"] == {}
+
+
+def test_adamw_resumes_from_adam_with_difference_listed(tmp_path: Path) -> None:
+    saved = saved_adam_state(tmp_path)
+    model = two_layer_model()
+    optimizer = torch.optim.AdamW(model.parameters(), lr=0.01)
+    report = restore_training_state(saved, model, optimizer, scheduler_policy="override")
+    assert report.optimizer_mismatch == ""
+    differences = {difference.name for difference in report.differences}
+    assert "optimizer.param_groups[0].decoupled_weight_decay" in differences
+    train_step(model, optimizer)
+
+
 def test_optimizer_state_shape_mismatch_is_found(tmp_path: Path) -> None:
     saved = saved_adam_state(tmp_path)
     model = torch.nn.Sequential(torch.nn.Linear(4, 4), torch.nn.Linear(4, 2))
