@@ -62,6 +62,14 @@ _FIXES = {
 }
 
 
+class _RuleError(ValueError):
+    """A rule across several fields was broken; it carries its own fix, since no single field's fix applies."""
+
+    def __init__(self, message: str, hint: str) -> None:
+        super().__init__(message)
+        self.hint = hint
+
+
 class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
@@ -156,9 +164,15 @@ class ChainConfig(_Strict):
     @model_validator(mode="after")
     def _check_metric(self) -> ChainConfig:
         if self.metric and self.mode is None:
-            raise ValueError(f"metric {self.metric!r} needs mode = \"max\" or \"min\"; no direction is assumed")
+            raise _RuleError(
+                f"metric {self.metric!r} needs mode = \"max\" or \"min\"; no direction is assumed",
+                hint=f'add mode = "min" or mode = "max" to chain {self.name!r} ("min" for a loss, "max" for a score)',
+            )
         if self.stop.target is not None and not self.metric:
-            raise ValueError("stop.target needs a metric")
+            raise _RuleError(
+                "stop.target needs a metric",
+                hint=f'add metric = "NAME" and mode to chain {self.name!r}, or remove target from its [chain.stop]',
+            )
         return self
 
     @property
@@ -204,7 +218,10 @@ class RelayConfig(_Strict):
         names = [chain.name for chain in self.chain]
         duplicates = sorted({name for name in names if names.count(name) > 1})
         if duplicates:
-            raise ValueError(f"chain names must be unique; repeated: {', '.join(duplicates)}")
+            raise _RuleError(
+                f"chain names must be unique; repeated: {', '.join(duplicates)}",
+                hint="rename the repeated [[chain]] tables: each name is a ledger file under .relay/",
+            )
         return self
 
     @property
@@ -282,7 +299,11 @@ def _config_error(exc: ValidationError, path: Path) -> ConfigError:
     lines = [f"{path}: {location}: {message}"]
     if len(exc.errors()) > 1:
         lines.append(f"({len(exc.errors()) - 1} more problem(s) after this one)")
-    hint = _FIXES.get(field, "see the commented relay.toml that `kaggle-relay init` writes")
+    cause = first.get("ctx", {}).get("error")
+    if isinstance(cause, _RuleError):
+        hint = cause.hint
+    else:
+        hint = _FIXES.get(field, "see the commented relay.toml that `kaggle-relay init` writes")
     return ConfigError(" ".join(lines), path=str(path), field=location, hint=hint)
 
 

@@ -168,3 +168,24 @@ def test_select_unknown_chain_lists_known(tmp_path: Path) -> None:
         config.select("other")
 
     assert "digits" in caught.value.hint
+
+
+@pytest.mark.parametrize(
+    ("extra", "expected"),
+    [
+        ('metric = "val_loss"\n', 'mode = "min" or mode = "max"'),
+        ("[chain.stop]\ntarget = 0.9\n", "metric = "),
+    ],
+)
+def test_chain_rule_errors_give_their_own_fix(tmp_path: Path, extra: str, expected: str) -> None:
+    error = config_error(tmp_path, MINIMAL + extra)
+
+    assert expected in error.hint
+    assert "[[chain]]" not in error.hint
+
+
+def test_repeated_chain_names_suggest_renaming(tmp_path: Path) -> None:
+    error = config_error(tmp_path, MINIMAL + MINIMAL)
+
+    assert "repeated: digits" in str(error)
+    assert "rename" in error.hint
