@@ -1,8 +1,8 @@
 """``kaggle-relay status``: what each chain did, from the ledgers alone.
 
-It reads ``.relay/`` beside relay.toml and nothing else: no Kaggle call, no
-credentials, no torch, no ``kaggle`` import, so it works anywhere the
-project folder is.
+It reads relay.toml (for the chain names) and the ledgers in ``.relay/``
+beside it, and nothing else: no Kaggle call, no credentials, no torch, no
+``kaggle`` import, so it works anywhere the project folder is.
 """
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from kaggle_relay.cli import exitcodes
-from kaggle_relay.relay.config import STATE_DIR_NAME
+from kaggle_relay.relay.config import load_config
 from kaggle_relay.relay.ledger import Ledger, list_chains
 from kaggle_relay.relay.quota import parse_time
 
@@ -22,7 +22,7 @@ HELP = f"""Show each chain of the project: state, days run, kernel and handoff d
 versions, the last checkpoint handed over (epoch, metrics), the best checkpoint
 by the chain's metric, how the current session ended and its time against the
 limit, and the last error with what to do.
-Reads only the ledgers in .relay/; needs no credentials.
+Reads only relay.toml and the ledgers in .relay/; needs no credentials.
 
 {exitcodes.HELP}"""
 
@@ -89,9 +89,8 @@ def _session(run: Any, *, now: dt.datetime) -> dict[str, Any]:
     }
 
 
-def collect(state_dir: Path, only: str | None) -> list[dict[str, Any]]:
+def collect(state_dir: Path, names: list[str]) -> list[dict[str, Any]]:
     now = dt.datetime.now(dt.timezone.utc)
-    names = [only] if only else list_chains(state_dir)
     return [chain_status(Ledger.open(state_dir, name), now=now) for name in names]
 
 
@@ -151,13 +150,14 @@ def _best_line(best: dict[str, Any]) -> str:
 
 
 def run(args: argparse.Namespace) -> int:
-    state_dir = args.config.resolve().parent / STATE_DIR_NAME
-    chains = collect(state_dir, args.chain)
+    # relay.toml names the chains: an invalid file fails as in next-day, an unknown --chain lists the known ones.
+    config = load_config(args.config)
+    names = [chain.name for chain in config.select(args.chain)]
+    chains = collect(config.state_dir, names)
     if args.json:
         print(json.dumps({"chains": chains}, indent=2))
         return exitcodes.OK
-    if not chains:
-        print(f"no chain has run yet (no ledger in {state_dir}); start one with `kaggle-relay next-day`")
-        return exitcodes.OK
+    if not list_chains(config.state_dir):
+        print(f"no chain has run yet (no ledger in {config.state_dir}); start one with `kaggle-relay next-day`")
     print("\n\n".join(format_chain(item) for item in chains))
     return exitcodes.OK

@@ -241,9 +241,9 @@ class RelayConfig(_Strict):
             if chain.name == name:
                 return [chain]
         known = ", ".join(chain.name for chain in self.chain)
+        # No ``path``: the mistake is the name given on the command line, not the file (usage error).
         raise ConfigError(
-            f"{self.path}: no chain named {name!r}",
-            path=str(self.path),
+            f"{self.path}: no chain named {name!r}; the chains are: {known}",
             field="chain.name",
             hint=f"use one of: {known}",
         )

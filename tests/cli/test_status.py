@@ -15,12 +15,28 @@ from kaggle_relay.relay.ledger import Best, CheckpointInfo, Handoff, Ledger, Run
 PROBE = """
 import json, sys
 from kaggle_relay.cli.main import main
-code = main(["status", "--json", "--config", sys.argv[1]])
+code = main(["status", "--json", "--config", *sys.argv[1:]])
 print(json.dumps({"code": code, "kaggle": "kaggle" in sys.modules, "torch": "torch" in sys.modules}), file=sys.stderr)
 """
 
 
+RELAY_TOML = """
+[[chain]]
+name = "digits"
+kernel = "alice/digits-train"
+dataset = "alice/h"
+"""
+
+
+def write_config(project: Path) -> Path:
+    project.mkdir(parents=True, exist_ok=True)
+    path = project / "relay.toml"
+    path.write_text(RELAY_TOML, encoding="utf-8")
+    return path
+
+
 def write_ledger(project: Path) -> None:
+    write_config(project)
     ledger = Ledger.open(project / ".relay", "digits")
     checkpoint = CheckpointInfo(file="output/checkpoints/ckpt-0003.pt", epoch=3, step=120, metrics={"val_acc": 0.91})
     ledger.runs.append(Run(day=1, run_id="d1", kernel_version=1, pushed_at="2026-12-04T10:00:00.000Z",
@@ -35,9 +51,9 @@ def write_ledger(project: Path) -> None:
     ledger.fail("2 sessions in a row ended without a newer valid checkpoint", hint="fix train.py")
 
 
-def run_status(project: Path) -> tuple[dict, dict]:
-    result = subprocess.run([sys.executable, "-c", PROBE, str(project / "relay.toml")], capture_output=True,
-                            text=True, timeout=60)
+def run_status(project: Path, *options: str) -> tuple[dict, dict]:
+    result = subprocess.run([sys.executable, "-c", PROBE, str(project / "relay.toml"), *options],
+                            capture_output=True, text=True, timeout=60)
     return json.loads(result.stdout), json.loads(result.stderr.strip().splitlines()[-1])
 
 
@@ -76,8 +92,35 @@ def test_status_shows_metric_and_time_limit(tmp_path: Path, capsys: pytest.Captu
     assert "fix: fix train.py" in text
 
 
-def test_status_without_ledger_says_how_to_start(tmp_path: Path) -> None:
+def test_status_without_ledger_shows_chains_idle(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    write_config(tmp_path)
+
+    output, probe = run_status(tmp_path)
+    code = main(["status", "--config", str(tmp_path / "relay.toml")])
+
+    assert probe["code"] == 0
+    assert [(chain["name"], chain["state"], chain["days"]) for chain in output["chains"]] == [("digits", "idle", 0)]
+    assert code == 0
+    assert "start one with `kaggle-relay next-day`" in capsys.readouterr().out
+
+
+def test_status_unknown_chain_names_known_ones(tmp_path: Path) -> None:
+    write_ledger(tmp_path)
+
+    output, probe = run_status(tmp_path, "--chain", "nope")
+
+    assert probe == {"code": 2, "kaggle": False, "torch": False}
+    assert "no chain named 'nope'" in output["error"]["message"]
+    assert "digits" in output["error"]["hint"]
+
+
+@pytest.mark.parametrize("text", [None, "[[chain]]\nname = \"digits\"\n"])
+def test_status_rejects_missing_or_invalid_config(tmp_path: Path, text: str | None) -> None:
+    if text is not None:
+        (tmp_path / "relay.toml").write_text(text, encoding="utf-8")
+
     output, probe = run_status(tmp_path)
 
-    assert output == {"chains": []}
-    assert probe["code"] == 0
+    assert probe == {"code": 4, "kaggle": False, "torch": False}
+    assert output["error"]["type"] == "ConfigError"
+    assert str(tmp_path / "relay.toml") in output["error"]["message"]
