@@ -439,6 +439,8 @@ def restore_training_state(
     saved_optimizer = saved.get("optimizer")
     saved_scheduler = saved.get("scheduler")
     load_optimizer = _decide_optimizer(optimizer, saved_optimizer, optimizer_policy, report)
+    if scheduler_policy == "keep_saved":
+        _check_scheduler_class(scheduler, saved_scheduler)
     report.differences = compare_settings(saved_optimizer, optimizer, saved_scheduler, scheduler)
     for difference in report.differences:
         log.warning(
@@ -492,6 +494,24 @@ def _decide_optimizer(
     return True
 
 
+def _check_scheduler_class(scheduler: Any, saved: Mapping[str, Any] | None) -> None:
+    """Raise when the saved schedule cannot continue in ``scheduler`` because it is another class."""
+    if scheduler is None or saved is None:
+        return
+    configured = scheduler.state_dict()
+    only_saved = sorted(set(saved) - set(configured))
+    only_configured = sorted(set(configured) - set(saved))
+    if only_saved and only_configured:
+        # load_state_dict would copy the saved attributes onto the other class and step it with its own rule.
+        raise StateMismatchError(
+            "scheduler state",
+            f"settings {', '.join(only_saved)}",
+            f"{type(scheduler).__name__} with settings {', '.join(only_configured)}",
+            hint="nothing was loaded; the saved schedule was another scheduler class, so pass "
+            "scheduler_policy='override' or 'weights_only' to follow the configured one",
+        )
+
+
 def _restore_schedule(
     report: ResumeReport,
     optimizer: torch.optim.Optimizer | None,
@@ -511,6 +531,10 @@ def _restore_schedule(
         return
     if saved is None:
         report.skipped.append("scheduler (none saved)")
+        if optimizer is not None and "optimizer" in report.loaded and report.scheduler_policy != "keep_saved":
+            # The saved optimizer groups replaced the configured ones (and their initial_lr). Nothing
+            # saved tells where the configured schedule would be, so it starts from its beginning.
+            _apply_groups(optimizer, configured_groups)
         return
     _apply_scheduler(
         scheduler, optimizer, saved, report.scheduler_policy, configured_groups, configured_state

@@ -268,6 +268,54 @@ def test_scheduler_differences_are_reported(tmp_path: Path) -> None:
     )
 
 
+def test_scheduler_of_other_class_is_rejected_under_keep_saved(tmp_path: Path) -> None:
+    saved = cosine_session_one(tmp_path)
+    model = torch.nn.Linear(4, 2)
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.01)
+    scheduler = torch.optim.lr_scheduler.StepLR(optimizer, step_size=100, gamma=0.5)
+    weights_before = {key: value.clone() for key, value in model.state_dict().items()}
+
+    with pytest.raises(StateMismatchError) as caught:
+        restore_training_state(saved, model, optimizer, scheduler)
+
+    assert "settings T_max, eta_min" in str(caught.value)
+    assert "StepLR with settings gamma, step_size" in str(caught.value)
+    assert "scheduler_policy='override'" in caught.value.hint
+    assert optimizer.param_groups[0]["lr"] == 0.01
+    for key, value in model.state_dict().items():
+        assert torch.equal(value, weights_before[key]), key
+
+    restore_training_state(saved, model, optimizer, scheduler, scheduler_policy="override")
+    assert optimizer.param_groups[0]["lr"] == pytest.approx(0.01 * 0.5**4, rel=1e-9)
+
+
+NO_SAVED_SCHEDULER_CASES = [
+    # (policy, first lr after resume): nothing saved tells where the configured schedule would be.
+    ("keep_saved", 0.1),
+    ("override", 0.01),
+    ("weights_only", 0.01),
+]
+
+
+@pytest.mark.parametrize(("policy", "first_lr"), NO_SAVED_SCHEDULER_CASES, ids=[c[0] for c in NO_SAVED_SCHEDULER_CASES])
+def test_configured_scheduler_without_saved_one_follows_policy(tmp_path: Path, policy: str, first_lr: float) -> None:
+    model = torch.nn.Linear(4, 2)
+    saved = reload(
+        capture_training_state(model, torch.optim.SGD(model.parameters(), lr=0.1), epoch=0, step=400),
+        tmp_path,
+    )
+    model, optimizer, scheduler = cosine_session_two()
+
+    report = restore_training_state(saved, model, optimizer, scheduler, scheduler_policy=policy)
+
+    assert "scheduler (none saved)" in report.skipped
+    assert optimizer.param_groups[0]["lr"] == pytest.approx(first_lr, rel=1e-9)
+    if policy != "keep_saved":
+        optimizer.step()
+        scheduler.step()
+        assert optimizer.param_groups[0]["lr"] == pytest.approx(cosine(0.01, 2000, 1), rel=1e-6)
+
+
 def test_optimizer_settings_follow_policy_without_scheduler(tmp_path: Path) -> None:
     model = torch.nn.Linear(4, 2)
     saved = reload(
