@@ -11,8 +11,10 @@
    the best by ``metric``, never the newest valid one, never the file being
    replaced) or raises DiskSpaceError with the numbers. Both outcomes are
    recorded as manifest events.
-4. It writes a temporary file in the same folder, hashing the bytes while
-   they are written, then fsyncs, renames and fsyncs the folder.
+4. It writes a temporary file in the same folder while a second thread
+   reads it back just behind the writer to compute its sha256 and starts
+   its write-back to disk. Then it fsyncs the file, renames it and fsyncs
+   the folder.
 5. It records file, bytes, sha256, format, epoch, step, metrics (as Python
    floats), creation time, run id and the compact flag in the manifest,
    which is itself written atomically, then prunes when ``keep`` is set.
@@ -34,10 +36,15 @@ from typing import Any
 
 import torch
 
-from kaggle_relay.errors import ConfigError, DiskSpaceError, UnsafeCheckpointError
+from kaggle_relay.errors import (
+    CheckpointInvalidError,
+    ConfigError,
+    DiskSpaceError,
+    UnsafeCheckpointError,
+)
 from kaggle_relay.runtime import atomic, prune, writable
 from kaggle_relay.runtime.compact import compact_state, copy_mapping
-from kaggle_relay.runtime.hashing import HashingWriter
+from kaggle_relay.runtime.hashing import AppendingWriter, TrailingHasher
 from kaggle_relay.runtime.manifest import (
     MANIFEST_NAME,
     Manifest,
@@ -179,17 +186,27 @@ def python_metrics(metrics: Mapping[str, Any] | None) -> dict[str, float]:
 
 
 def write_torch_file(obj: Any, target: Path) -> tuple[int, str]:
-    """Write ``torch.save(obj)`` to ``target`` atomically; return its size and sha256."""
-    with (
-        atomic.atomic_path(target) as temporary,
-        open(temporary, "wb") as handle,
-        HashingWriter(handle) as writer,
-    ):
-        # A file object rather than a path: torch then names the archive's root folder "archive",
-        # not after the temporary file name.
-        torch.save(obj, writer)  # type: ignore[arg-type]
-        writer.flush()
-    return writer.size, writer.hexdigest()
+    """Write ``torch.save(obj)`` to ``target`` atomically; return its size and sha256.
+
+    A second thread hashes the temporary file just behind torch's writer and
+    starts its write-back early. The hash is complete and checked against the
+    file size before ``atomic_path`` fsyncs the file and renames it.
+    """
+    with atomic.atomic_path(target) as temporary:
+        with open(temporary, "xb", buffering=0) as raw, TrailingHasher(temporary) as hasher:
+            # A file object rather than a path: torch then names the archive's root folder
+            # "archive", not after the temporary file name.
+            torch.save(obj, AppendingWriter(raw, hasher))  # type: ignore[arg-type]
+            digest = hasher.finish()
+            size = os.fstat(raw.fileno()).st_size
+        if size != hasher.size:
+            raise CheckpointInvalidError(
+                str(temporary),
+                f"the file has {size} bytes but {hasher.size} were hashed; "
+                "another process wrote to it during the save",
+                hint="save again, and let only one process write this checkpoint",
+            )
+    return size, digest
 
 
 def _check_name(name: str) -> None:
