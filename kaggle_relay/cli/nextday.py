@@ -13,6 +13,7 @@ from kaggle_relay.errors import (
     ChainLockedError,
     CredentialsError,
     KaggleUnavailableError,
+    KernelRunError,
     RelayError,
 )
 
@@ -63,6 +64,11 @@ def _advance_one(chains: Any, chain: Any, config: Any, *, wait: bool) -> dict[st
     except CredentialsError:
         # The same for every chain: one clear error and exit code 5 from the dispatcher.
         raise
+    except KernelRunError as error:
+        # Another version of the kernel (not this chain's) is queued or running: it ends by itself, so
+        # the next tick can push. Nothing was pushed and the ledger is unchanged.
+        return {"name": chain.name, "state": "busy", "code": exitcodes.IN_PROGRESS, "message": str(error),
+                "hint": "wait for that version to finish (or stop it on Kaggle); the next tick pushes"}
     except KaggleUnavailableError as error:
         return {"name": chain.name, "state": "unavailable", "code": exitcodes.KAGGLE_UNAVAILABLE,
                 "message": str(error), "hint": error.hint}

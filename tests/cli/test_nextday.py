@@ -11,6 +11,7 @@ import pytest
 from kaggle_relay.cli.main import main
 from kaggle_relay.relay.ledger import Ledger
 from tests.relay.chainkit import (
+    KERNEL,
     finish,
     kernel_versions,
     next_day_process,
@@ -98,3 +99,31 @@ def test_concurrent_next_day_pushes_once(tmp_path: Path, short_emulator: Any) ->
     assert kernel_versions(short_emulator) == [1]
     ledger = Ledger.open(project.folder / ".relay", "digits")
     assert [step["phase"] for step in ledger.data.steps if step["step"] == "push"] == ["begin", "end"]
+
+
+@pytest.mark.slow
+def test_foreign_running_version_exits_in_progress(
+    tmp_path: Path, short_emulator: Any, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from kaggle_relay.relay import chain as chains
+    from kaggle_relay.relay.config import load_config
+
+    hold = tmp_path / "hold"
+    hold.touch()
+    project = write_step_project(tmp_path / "p", epochs=1, once=str(hold), trouble="hold", trouble_epoch=0)
+    # A second chain on the same kernel meets the first chain's running version when it pushes.
+    project.append_config('\n[[chain]]\nname = "other"\nkernel = "kernel"\ndataset = "relay-tester/other-handoff"\n')
+    assert chains.advance(load_config(project.config).chain[0]).state == "running"
+    wait_until(lambda: short_emulator.kernels.version(KERNEL, 1)["status"] == "RUNNING", what="version 1 to run")
+    capsys.readouterr()
+
+    code = main(["next-day", "--config", str(project.config), "--chain", "other", "--json"])
+
+    hold.unlink()
+    result = json.loads(capsys.readouterr().out)
+    assert code == 10
+    assert result["code"] == 10
+    other = result["chains"][0]
+    assert other["state"] == "busy"
+    assert "version 1 is running" in other["message"]
+    assert kernel_versions(short_emulator) == [1]
