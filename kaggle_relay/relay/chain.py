@@ -37,6 +37,7 @@ from pathlib import Path
 from typing import Any
 
 from kaggle_relay.errors import (
+    ConfigError,
     DatasetVersionFailedError,
     KaggleNotFoundError,
     KaggleRejectedError,
@@ -256,11 +257,23 @@ def _call_push(context: Context, folder: Path, metadata: dict[str, Any]) -> Any:
             machine_shape=None if chain.accelerator == "none" else chain.accelerator,
             timeout_seconds=chain.session_timeout,
         )
-    except (KaggleRejectedError, KernelRunError) as error:
-        # Nothing was pushed (Kaggle refused, or a version still runs), so the step is closed.
+    except (KaggleRejectedError, KernelRunError, ConfigError) as error:
+        # Nothing was pushed (Kaggle refused, a version still runs, or the metadata is invalid), so the
+        # step is closed and the next tick does not look for an interrupted push.
         run_id = context.ledger.current.run_id if context.ledger.current else ""
         context.ledger.end("push", run_id=run_id, error=str(error))
+        if isinstance(error, ConfigError):
+            raise _about_source(error, folder, _source_folder(context)) from error
         raise
+
+
+def _about_source(error: ConfigError, staged: Path, source: Path) -> ConfigError:
+    """Point an error about the staged copy under ``.relay/`` at the project's own file, the one to edit."""
+    if not error.path or not Path(error.path).is_relative_to(staged):
+        return error
+    original = source / Path(error.path).relative_to(staged)
+    message = str(error).replace(error.path, str(original))
+    return ConfigError(message, path=str(original), field=error.field, hint=error.hint)
 
 
 def _new_run(context: Context) -> Run:

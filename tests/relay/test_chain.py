@@ -8,7 +8,7 @@ from typing import Any
 import pytest
 
 from kaggle_relay.cli import rehearse
-from kaggle_relay.errors import KaggleUnavailableError, KernelRunError
+from kaggle_relay.errors import ConfigError, KaggleUnavailableError, KernelRunError
 from kaggle_relay.relay import chain as chains
 from kaggle_relay.relay.config import load_config
 from kaggle_relay.relay.ledger import Ledger
@@ -120,3 +120,21 @@ def test_failed_dataset_version_republished(tmp_path: Path, short_emulator: Any)
     assert dataset_versions(short_emulator) == [1, 2, 3]
     assert kernel_versions(short_emulator) == [1, 2]
     assert "ended FAILED" in ledger.data.warnings[0].message
+
+
+def test_metadata_error_names_project_file(tmp_path: Path, short_emulator: Any) -> None:
+    project = write_step_project(tmp_path / "p", epochs=1)
+    metadata = project.folder / "kernel" / "kernel-metadata.json"
+    metadata.write_text(metadata.read_text(encoding="utf-8").replace("relay-tester/", "someone-else/"),
+                        encoding="utf-8")
+    chain = load_config(project.config).chain[0]
+
+    with pytest.raises(ConfigError) as caught:
+        chains.advance(chain)
+
+    assert str(caught.value).startswith(f"{metadata}: id: ")
+    assert ".relay" not in str(caught.value)
+    assert caught.value.path == str(metadata)
+    # Nothing reached Kaggle and the push step is closed, so the next tick does not report an interrupted push.
+    assert Ledger.open(project.folder / ".relay", chain.name).open_step() is None
+    assert kernel_versions(short_emulator) == []
