@@ -23,6 +23,7 @@ import logging
 import os
 import pickle
 import re
+import struct
 import sys
 from collections.abc import Mapping
 from typing import Any
@@ -199,14 +200,18 @@ def _load_torch_file(
     except UnsafeCheckpointError:
         raise
     except pickle.UnpicklingError as exc:
-        names = blocked_globals(path, exc)
+        # A file cut inside a GLOBAL name makes torch report a blocked global that does not
+        # exist (``collections.Order``), so a cut file is reported as cut first.
+        complete = formats.check_file(path, legacy_torch_load=False).complete
+        names = blocked_globals(path, exc) if complete else []
         if not names:
             raise CheckpointInvalidError(path, formats.explain_load_error(path, exc)) from exc
         refused = decision.rejected(names)
         raise UnsafeCheckpointError(
             path, refused or names, hint=_trust.opt_out_hint(source, dataset, refused or names)
         ) from exc
-    except (RuntimeError, OSError, EOFError, ValueError) as exc:
+    except (RuntimeError, OSError, EOFError, ValueError, IndexError, struct.error) as exc:
+        # torch's weights_only unpickler raises IndexError and struct.error on a pickle cut short.
         raise CheckpointInvalidError(path, formats.explain_load_error(path, exc)) from exc
 
 

@@ -118,3 +118,56 @@ def test_load_strips_prefix_on_request(kaggle_root: Path) -> None:
     loaded = load_checkpoint(path, strip_prefix=True)
     assert list(loaded["model"]) == ["fc.weight", "fc.bias"]
     assert loaded["epoch"] == 1
+
+
+@pytest.mark.parametrize("legacy", [False, True], ids=["zip", "legacy"])
+def test_load_cut_at_any_offset_says_truncated(kaggle_root: Path, legacy: bool) -> None:
+    path = kaggle_root / "working" / "full.pt"
+    torch.save({"w": torch.zeros(1000), "step": 3}, path, _use_new_zipfile_serialization=not legacy)
+    data = path.read_bytes()
+    cut = kaggle_root / "working" / "cut.pt"
+    for length in range(1, len(data), 11):
+        cut.write_bytes(data[:length])
+        with pytest.raises(CheckpointInvalidError) as caught:
+            load_checkpoint(cut)
+        assert caught.value.reason.startswith(f"truncated ({length} "), (length, caught.value.reason)
+        assert "Errno 22" not in caught.value.reason.split("(torch.load reported")[0]
+
+
+def test_load_half_file_reason_names_sizes(kaggle_root: Path) -> None:
+    path = kaggle_root / "working" / "cut.pt"
+    torch.save({"w": torch.zeros(10_000)}, path)
+    data = path.read_bytes()
+    path.write_bytes(data[: len(data) // 2])
+    with pytest.raises(CheckpointInvalidError) as caught:
+        load_checkpoint(path)
+    assert caught.value.reason.startswith(f"truncated ({len(data) // 2} of at least ")
+    assert "the zip directory at the end is missing" in caught.value.reason
+
+
+def test_load_strips_nested_wrappers_on_request(kaggle_root: Path) -> None:
+    model = torch.nn.Sequential(torch.nn.Linear(3, 2), torch.nn.BatchNorm1d(2))
+    # The same keys as DataParallel(torch.compile(DataParallel(model))), without compiling.
+    compiled = torch.nn.Module()
+    compiled._orig_mod = torch.nn.DataParallel(model)
+    wrapped = torch.nn.DataParallel(compiled)
+    path = kaggle_root / "working" / "wrapped.pt"
+    torch.save({"model": wrapped.state_dict(), "step": 4}, path)
+    assert next(iter(wrapped.state_dict())).startswith("module._orig_mod.module.")
+
+    loaded = load_checkpoint(path, strip_prefix=True)
+
+    fresh = torch.nn.Sequential(torch.nn.Linear(3, 2), torch.nn.BatchNorm1d(2))
+    fresh.load_state_dict(loaded["model"])
+    assert torch.equal(fresh[0].weight, model[0].weight)
+    assert loaded["step"] == 4
+    again = load_checkpoint(path, strip_prefix=True)
+    assert list(again["model"]) == list(loaded["model"])
+
+
+def test_load_never_strips_mixed_keys(kaggle_root: Path) -> None:
+    path = kaggle_root / "working" / "mixed.pt"
+    torch.save({"model": {"module.fc.weight": torch.ones(2), "head.bias": torch.ones(1)}}, path)
+    with pytest.raises(CheckpointInvalidError, match="'head.bias' does not"):
+        load_checkpoint(path, strip_prefix=True)
+    assert list(load_checkpoint(path)["model"]) == ["module.fc.weight", "head.bias"]
