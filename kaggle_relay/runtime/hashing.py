@@ -10,9 +10,12 @@ from __future__ import annotations
 import concurrent.futures
 import hashlib
 import io
+import logging
 import os
 import threading
 from typing import IO, Any
+
+log = logging.getLogger(__name__)
 
 # Writes smaller than this are hashed inline; larger ones are hashed in a thread while they are written.
 PARALLEL_HASH_BYTES = 1 << 20
@@ -86,6 +89,7 @@ class TrailingHasher:
     def __init__(
         self, path: str | os.PathLike[str], *, writeback_bytes: int = WRITEBACK_BYTES
     ) -> None:
+        """Open ``path`` for reading and start the thread; ``writeback_bytes=0`` turns write-back off."""
         self.size = 0
         self._reader = open(path, "rb", buffering=0)  # noqa: SIM115  (closed by close())
         self._digest = hashlib.sha256()
@@ -135,7 +139,7 @@ class TrailingHasher:
         try:
             while (pending := self._wait_for_bytes()) > 0:
                 self._hash_next(buffer[: min(pending, READ_CHUNK_BYTES)])
-                if self.size - self._writeback_start >= self._writeback_bytes:
+                if 0 < self._writeback_bytes <= self.size - self._writeback_start:
                     self._start_writeback()
         except Exception as exc:  # finish() re-raises it in the caller's thread
             self._error = exc
@@ -160,11 +164,20 @@ class TrailingHasher:
         self.size += count
 
     def _start_writeback(self) -> None:
-        if hasattr(os, "posix_fadvise"):
+        if self._writeback_bytes and hasattr(os, "posix_fadvise"):
             length = self.size - self._writeback_start
-            os.posix_fadvise(
-                self._reader.fileno(), self._writeback_start, length, os.POSIX_FADV_DONTNEED
-            )
+            try:
+                os.posix_fadvise(
+                    self._reader.fileno(), self._writeback_start, length, os.POSIX_FADV_DONTNEED
+                )
+            except OSError as exc:
+                # Early write-back only shortens the final fsync, so the save goes on without it.
+                log.warning(
+                    "posix_fadvise failed on %s, so the final fsync writes it all: %s",
+                    self._reader.name,
+                    exc,
+                )
+                self._writeback_bytes = 0
         self._writeback_start = self.size
 
 

@@ -12,7 +12,8 @@ import torch
 from kaggle_relay.runtime.hashing import AppendingWriter, TrailingHasher
 
 
-def test_trailing_hash_matches_file(tmp_path: Path) -> None:
+@pytest.mark.parametrize("writeback_bytes", [0, 256 << 10])
+def test_trailing_hash_matches_file(tmp_path: Path, writeback_bytes: int) -> None:
     path = tmp_path / "data.bin"
     chunks = [
         random.Random(seed).randbytes(size)
@@ -20,7 +21,7 @@ def test_trailing_hash_matches_file(tmp_path: Path) -> None:
     ]
     with (
         open(path, "xb", buffering=0) as raw,
-        TrailingHasher(path, writeback_bytes=256 << 10) as hasher,
+        TrailingHasher(path, writeback_bytes=writeback_bytes) as hasher,
     ):
         writer = AppendingWriter(raw, hasher)
         for chunk in chunks:
