@@ -152,3 +152,33 @@ def test_listing_that_differs_is_refused(relay_api: Any, emulator: Any, tmp_path
 def test_default_title_is_long_enough() -> None:
     assert publish.default_title(DatasetRef(USER, "relay-handoff")) == "Relay Handoff"
     assert len(publish.default_title(DatasetRef(USER, "abcdef"))) >= 6
+
+
+def test_day_two_without_carried_file_keeps_version_one(relay_api: Any, emulator: Any, tmp_path: Path) -> None:
+    day1 = checkpoints(tmp_path / "day1", 10)
+    (day1 / "tokenizer.json").write_text('{"vocab": 1}', encoding="utf-8")
+    first = run_publish(relay_api, day1, "run-1", carry=["tokenizer.json"])
+    assert set(datasets.list_version_files(relay_api, first.dataset)) == {
+        "ckpt-step000010.pt",
+        "tokenizer.json",
+        MANIFEST_NAME,
+    }
+
+    day2 = checkpoints(tmp_path / "day2", 20)
+    with pytest.raises(ConfigError, match="a dataset version is a full snapshot") as caught:
+        run_publish(relay_api, day2, "run-2", carry=["tokenizer.json"], min_step=11)
+
+    assert caught.value.field == "carry"
+    latest = datasets.latest_version(relay_api, REF)
+    assert latest is not None
+    assert latest.number == 1
+
+
+@pytest.mark.parametrize("item", ["../outside.txt", "/etc/hostname", "sub/../../outside.txt"])
+def test_carried_file_outside_source_is_refused(relay_api: Any, tmp_path: Path, item: str) -> None:
+    (tmp_path / "outside.txt").write_text("secret", encoding="utf-8")
+    source = checkpoints(tmp_path / "output", 100)
+    with pytest.raises(ConfigError, match="must be a path relative to") as caught:
+        run_publish(relay_api, source, "run-1", carry=[item])
+    assert caught.value.field == "carry"
+    assert not datasets.dataset_exists(relay_api, REF)
