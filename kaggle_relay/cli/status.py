@@ -32,6 +32,8 @@ NEXT_STEP = {
     "publishing": "the last checkpoint is being published; run `kaggle-relay next-day`",
     "waiting": "the handoff dataset is processing; run `kaggle-relay next-day`",
     "done": "finished; the last checkpoint is in the handoff dataset",
+    "stopped": "the last checkpoint is in the handoff dataset; to train on, change that rule in relay.toml "
+    "([chain.stop]), then run `kaggle-relay next-day --retry`",
     "failed": "stopped; fix the error below, then run `kaggle-relay next-day --retry`",
 }
 
@@ -55,9 +57,13 @@ def chain_status(ledger: Ledger, *, now: dt.datetime) -> dict[str, Any]:
     current = ledger.current
     handoff = data.handoff
     checkpoint = handoff.checkpoint if handoff else None
+    # A stop rule of relay.toml (not the training script's done flag) ended the chain before training finished.
+    by_rule = data.state == "done" and data.stopped is not None and data.stopped.rule != "done_flag"
     return {
         "name": data.chain,
         "state": data.state,
+        "stopped_by": data.stopped.rule if data.stopped and data.state == "done" else None,
+        "stop_reason": data.stopped.reason if data.stopped and data.state == "done" else None,
         "days": ledger.days,
         "kernel_version": current.kernel_version if current else None,
         "dataset_version": handoff.version if handoff else None,
@@ -67,7 +73,7 @@ def chain_status(ledger: Ledger, *, now: dt.datetime) -> dict[str, Any]:
         "session": _session(current, now=now) if current else None,
         "error": data.error.model_dump() if data.error else None,
         "warnings": [warning.model_dump() for warning in data.warnings[-3:]],
-        "next": NEXT_STEP[data.state],
+        "next": NEXT_STEP["stopped" if by_rule else data.state],
         "updated": data.updated,
     }
 
@@ -95,7 +101,14 @@ def collect(state_dir: Path, names: list[str]) -> list[dict[str, Any]]:
 
 
 def format_chain(item: dict[str, Any]) -> str:
-    lines = [f"{item['name']}: {item['state']}, day {item['days']}"]
+    rule = item["stopped_by"]
+    stopped = f" (stopped by {rule})" if rule and rule != "done_flag" else ""
+    lines = [f"{item['name']}: {item['state']}{stopped}, day {item['days']}"]
+    if stopped:
+        lines.append(f"  stopped by the {rule} rule before the training script marked the run done: "
+                     f"{item['stop_reason']}")
+    elif rule:
+        lines.append(f"  {item['stop_reason']}")
     if item["kernel_version"] is not None:
         lines.append(f"  kernel version {item['kernel_version']}")
     if item["dataset_version"] is not None:

@@ -57,6 +57,7 @@ from kaggle_relay.relay.ledger import (
     Handoff,
     Ledger,
     Run,
+    Stopped,
     chain_lock,
     chain_log,
     list_chains,
@@ -64,7 +65,7 @@ from kaggle_relay.relay.ledger import (
     work_dir,
 )
 from kaggle_relay.relay.refs import DatasetRef, KernelRef
-from kaggle_relay.relay.stop import stop_reason, trailing_failures
+from kaggle_relay.relay.stop import StopDecision, decide_stop, trailing_failures
 from kaggle_relay.runtime.manifest import utc_now
 
 log = logging.getLogger(__name__)
@@ -196,9 +197,9 @@ def _step(context: Context) -> bool:
 
 def _push(context: Context) -> bool:
     ledger, chain = context.ledger, context.chain
-    reason = stop_reason(chain, ledger.data)
-    if reason:
-        _stop(context, reason)
+    decision = decide_stop(chain, ledger.data)
+    if decision is not None:
+        _stop(context, decision)
         return True
     open_step = ledger.open_step()
     if open_step and open_step["step"] == "push":
@@ -568,21 +569,33 @@ def _finish_handoff(context: Context, run: Run, *, verified: bool) -> None:
     ledger.end("ready", run_id=run.run_id, dataset_version=run.published.version)
 
 
-def _stop(context: Context, reason: str) -> None:
+def _stop(context: Context, decision: StopDecision) -> None:
     run = context.ledger.current
     context.ledger.data.state = "done"
-    context.ledger.end("stop", run_id=run.run_id if run else "", reason=reason)
-    context.say("done: %s", reason)
+    context.ledger.data.stopped = Stopped(rule=decision.rule, reason=decision.reason, time=utc_now())
+    context.ledger.end("stop", run_id=run.run_id if run else "", rule=decision.rule, reason=decision.reason)
+    if decision.finished:
+        context.say("done: %s", decision.reason)
+    else:
+        context.say("stopped by %s before training finished: %s", decision.rule, decision.reason)
 
 
 def retry_failed(chain: ChainConfig) -> bool:
     """Put a failed chain back to ``idle`` (or ``publishing`` when its last checkpoint was never handed over).
 
-    Returns whether the chain was failed.
+    A chain that a stop rule of relay.toml ended before training finished goes back to ``idle`` too,
+    and the rules run again before its next push, so a raised limit lets it go on.
+    Returns whether the chain was put back.
     """
     state_dir = chain.project_dir / ".relay"
     with chain_lock(state_dir, chain.name):
         ledger = Ledger.open(state_dir, chain.name)
+        stopped = ledger.data.stopped
+        if ledger.state == "done" and stopped is not None and stopped.rule != "done_flag":
+            ledger.data.stopped = None
+            ledger.data.state = "idle"
+            ledger.end("retry", after_stop=stopped.rule)
+            return True
         if ledger.state != "failed":
             return False
         for run in ledger.runs:

@@ -149,6 +149,14 @@ class Problem(BaseModel):
     run_id: str = ""
 
 
+class Stopped(BaseModel):
+    """The stop rule that ended a chain in ``done``; ``done_flag`` means training itself finished."""
+
+    rule: str
+    reason: str
+    time: str = ""
+
+
 class LedgerData(BaseModel):
     schema_: int = Field(default=SCHEMA_VERSION, alias="schema")
     chain: str
@@ -158,6 +166,7 @@ class LedgerData(BaseModel):
     best: Best | None = None
     runs: list[Run] = Field(default_factory=list)
     error: Problem | None = None
+    stopped: Stopped | None = None
     warnings: list[Problem] = Field(default_factory=list)
     steps: list[dict[str, Any]] = Field(default_factory=list)
 

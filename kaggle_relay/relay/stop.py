@@ -15,33 +15,58 @@ the next tick evaluates them again. In order:
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 from kaggle_relay.relay.config import ChainConfig
 from kaggle_relay.relay.ledger import CheckpointInfo, LedgerData, Run
 
 PROGRESS = "progress"
 NO_PROGRESS = "no_progress"
 NO_CHECKPOINT = "no_checkpoint"
+DONE_FLAG = "done_flag"
 
 
-def stop_reason(chain: ChainConfig, data: LedgerData) -> str:
-    """Return why ``chain`` must push no further session, or "" when it goes on."""
+@dataclass(frozen=True)
+class StopDecision:
+    """Why a chain pushes no further session: the rule of ``[chain.stop]`` that fired and a sentence."""
+
+    rule: str
+    """``done_flag``, ``target``, ``no_progress_runs`` or ``max_days``."""
+    reason: str
+
+    @property
+    def finished(self) -> bool:
+        """Tell whether training itself ended (the script marked the run done), not a limit of relay.toml."""
+        return self.rule == DONE_FLAG
+
+
+def decide_stop(chain: ChainConfig, data: LedgerData) -> StopDecision | None:
+    """Return the rule that stops ``chain`` now, or None when it goes on."""
     stop = chain.stop
     handed = data.handoff.checkpoint if data.handoff else None
     if stop.done_flag and handed is not None and handed.done:
-        return f"the training script marked the run done at epoch {handed.epoch}"
+        return StopDecision(DONE_FLAG, f"the training script marked the run done at epoch {handed.epoch}")
 
     best = data.best.checkpoint if data.best else None
     value = best.metrics.get(chain.metric) if best is not None and chain.metric else None
     if value is not None and stop.target is not None and reached(value, stop.target, chain.mode):
-        return f"{chain.metric} = {value:.4g} reached the target {stop.target:.4g}"
+        return StopDecision("target", f"{chain.metric} = {value:.4g} reached the target {stop.target:.4g}")
 
     if stop.no_progress_runs and no_progress_streak(data.runs) >= stop.no_progress_runs:
-        return f"no better {chain.metric or 'step'} in the last {stop.no_progress_runs} sessions"
+        return StopDecision(
+            "no_progress_runs", f"no better {chain.metric or 'step'} in the last {stop.no_progress_runs} sessions"
+        )
 
     days = sum(1 for run in data.runs if run.kernel_version is not None)
     if stop.max_days is not None and days >= stop.max_days:
-        return f"max_days ({stop.max_days}) reached"
-    return ""
+        return StopDecision("max_days", f"max_days ({stop.max_days}) reached")
+    return None
+
+
+def stop_reason(chain: ChainConfig, data: LedgerData) -> str:
+    """Return why ``chain`` must push no further session, or "" when it goes on."""
+    decision = decide_stop(chain, data)
+    return decision.reason if decision else ""
 
 
 def reached(value: float, target: float, mode: str | None) -> bool:

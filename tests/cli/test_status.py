@@ -11,6 +11,9 @@ import pytest
 
 from kaggle_relay.cli.main import main
 from kaggle_relay.relay.ledger import Best, CheckpointInfo, Handoff, Ledger, Run
+from tests.relay.chainkit import short_emulator
+
+__all__ = ["short_emulator"]
 
 PROBE = """
 import json, sys
@@ -124,3 +127,69 @@ def test_status_rejects_missing_or_invalid_config(tmp_path: Path, text: str | No
     assert probe == {"code": 4, "kaggle": False, "torch": False}
     assert output["error"]["type"] == "ConfigError"
     assert str(tmp_path / "relay.toml") in output["error"]["message"]
+
+
+@pytest.mark.parametrize(
+    ("rule", "setting", "outcomes", "reason"),
+    [
+        ("no_progress_runs", "no_progress_runs = 3", ["progress", "no_progress", "no_progress", "no_progress"],
+         "no better val_acc in the last 3 sessions"),
+        ("max_days", "max_days = 2", ["progress", "progress"], "max_days (2) reached"),
+    ],
+)
+def test_status_shows_stop_rule(
+    tmp_path: Path, short_emulator: object, capsys: pytest.CaptureFixture[str],
+    rule: str, setting: str, outcomes: list[str], reason: str,
+) -> None:
+    from kaggle_relay.relay import chain as chains
+    from kaggle_relay.relay.config import load_config
+
+    path = write_config(tmp_path)
+    path.write_text(RELAY_TOML + f'metric = "val_acc"\nmode = "max"\n[chain.stop]\n{setting}\n', encoding="utf-8")
+    ledger = Ledger.open(tmp_path / ".relay", "digits")
+    checkpoint = CheckpointInfo(file="ckpt-0007.pt", epoch=7, step=7, metrics={"val_acc": 0.8}, done=False)
+    for day, outcome in enumerate(outcomes, start=1):
+        ledger.runs.append(Run(day=day, run_id=f"d{day}", kernel_version=day, status="complete", outcome=outcome,
+                               checkpoint=checkpoint))
+    ledger.data.handoff = Handoff(dataset="alice/h", version=len(outcomes), run_id=f"d{len(outcomes)}",
+                                  checkpoint=checkpoint)
+    ledger.save()
+
+    outcome = chains.advance(load_config(path).chain[0])
+    output, probe = run_status(tmp_path)
+    code = main(["status", "--config", str(path)])
+
+    assert outcome.state == "done"
+    chain = output["chains"][0]
+    assert chain["state"] == "done"
+    assert chain["stopped_by"] == rule
+    assert chain["stop_reason"] == reason
+    assert "--retry" in chain["next"]
+    text = capsys.readouterr().out
+    assert code == 0
+    assert f"digits: done (stopped by {rule}), day {len(outcomes)}" in text
+    assert f"stopped by the {rule} rule before the training script marked the run done: {reason}" in text
+    assert "next: finished" not in text
+    # --retry reopens the chain; the rules run again before its next push.
+    assert chains.retry_failed(load_config(path).chain[0])
+    assert Ledger.open(tmp_path / ".relay", "digits").state == "idle"
+
+
+def test_status_done_flag_reads_finished(tmp_path: Path, short_emulator: object) -> None:
+    from kaggle_relay.relay import chain as chains
+    from kaggle_relay.relay.config import load_config
+
+    path = write_config(tmp_path)
+    ledger = Ledger.open(tmp_path / ".relay", "digits")
+    checkpoint = CheckpointInfo(file="ckpt-0011.pt", epoch=11, step=11, done=True)
+    ledger.runs.append(Run(day=1, run_id="d1", kernel_version=1, status="complete", outcome="progress",
+                           checkpoint=checkpoint))
+    ledger.data.handoff = Handoff(dataset="alice/h", version=1, run_id="d1", checkpoint=checkpoint)
+    ledger.save()
+
+    chains.advance(load_config(path).chain[0])
+    output, _ = run_status(tmp_path)
+
+    chain = output["chains"][0]
+    assert chain["stopped_by"] == "done_flag"
+    assert chain["next"].startswith("finished")
