@@ -39,7 +39,7 @@ from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from kaggle_relay.errors import ConfigError
+from kaggle_relay.errors import ConfigError, NoValidCheckpointError
 from kaggle_relay.runtime import atomic, discover, writable
 from kaggle_relay.runtime.clock import SessionClock
 from kaggle_relay.runtime.device import AcceleratorReport, check_accelerator
@@ -197,8 +197,9 @@ def start_session(
     checkpoints ``Session.save`` keeps (None keeps all). With ``report`` the
     diagnostic table is printed to stdout.
 
-    Raises AcceleratorMismatchError, HandoffMismatchError or ConfigError
-    before any training starts.
+    Raises AcceleratorMismatchError, HandoffMismatchError, ConfigError, or
+    NoValidCheckpointError when a handoff is expected but holds no valid
+    checkpoint, before any training starts.
     """
     removed = clean_working()
     if removed:
@@ -211,6 +212,8 @@ def start_session(
     )
     if report:
         print_report(result, file=sys.stdout)
+    if handoff is not None:
+        check_handoff_checkpoint(handoff, result, patterns)
     origin = result.selected
     checkpoint = origin
     if origin is not None and origin.source != WORKING:
@@ -228,6 +231,30 @@ def start_session(
         checkpoint=checkpoint, clock=clock, scan=result, accelerator=device, handoff=handoff, origin=origin,
         keep=keep, metric=metric, mode=mode, trust=trust, folder=target,
     )  # fmt: skip
+
+
+def check_handoff_checkpoint(handoff: Path, result: ScanResult, patterns: Sequence[str]) -> None:
+    """Raise NoValidCheckpointError unless the mounted handoff folder holds a valid checkpoint.
+
+    Training from scratch there would hand over an older state than the one
+    the relay attached, so the session stops with every file found and why
+    each was rejected.
+    """
+    inside = [candidate for candidate in result.candidates if Path(candidate.path).is_relative_to(handoff)]
+    if any(candidate.valid for candidate in inside):
+        return
+    identity = os.environ.get("KAGGLE_RELAY_HANDOFF", "")
+    if inside:
+        found = "\n".join(f"  {candidate.path}: {candidate.reason}" for candidate in inside)
+    else:
+        found = f"  no file matching {', '.join(patterns)}"
+    raise NoValidCheckpointError(
+        f"the handoff {identity} mounted at {handoff} holds no valid checkpoint, so this session would "
+        f"train from scratch; found:\n{found}\nCheck the patterns given to start_session and the handoff "
+        "dataset's files; the relay publishes only checkpoints it validated",
+        searched=[str(handoff)],
+        rejected=inside,
+    )
 
 
 @contextlib.contextmanager

@@ -4,7 +4,8 @@ kaggle-relay pushes this script with the runtime bundled in, attaches the
 dataset holding the last checkpoint, and runs it again until the manifest
 is marked done. Each session:
 
-1. ``start_session`` checks the accelerator and the attached handoff, and
+1. ``start_session`` checks the accelerator and the attached handoff (it stops
+   the session when the handoff holds no valid checkpoint), and
    finds the newest valid checkpoint (this session's working folder first,
    then the handoff dataset under /kaggle/input);
 2. the script restores model, optimizer, scheduler, epoch and every random
@@ -86,9 +87,6 @@ def main() -> None:
     session = start_session(patterns=["ckpt-*.pt"], require_keys=["model", "optimizer"], keep=KEEP)
     # Retention still keeps the best checkpoint by validation accuracy next to the newest ones.
     session.metric, session.mode = METRIC, "max"
-    if session.handoff is not None and session.checkpoint is None:
-        # Training from scratch here would hand over an older state than the attached one.
-        raise SystemExit(f"the handoff mounted at {session.handoff} holds no valid checkpoint; stopping")
 
     train_x, train_y, val_x, val_y = make_data()
     model, optimizer, scheduler = build()
