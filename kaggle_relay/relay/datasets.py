@@ -328,7 +328,9 @@ def publish_folder(
 
 
 def _write_metadata(folder: Path, meta: dict[str, Any]) -> None:
-    atomic.write_text(folder / METADATA_NAME, json.dumps(meta, indent=2, ensure_ascii=False) + "\n")
+    # kaggle 2.2.5 reads dataset-metadata.json with the platform encoding (open() without one),
+    # so non-ASCII text is written as JSON escapes, which read the same in any encoding.
+    atomic.write_text(folder / METADATA_NAME, json.dumps(meta, indent=2, ensure_ascii=True) + "\n")
 
 
 def _create_dataset(
