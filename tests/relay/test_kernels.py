@@ -436,3 +436,33 @@ def test_download_keeps_name_of_maximum_length(relay_api: Any, emulator: Any, tm
 
     assert outputs.refused == []
     assert (outputs.folder / "checkpoints" / long_name).read_bytes() == b"long"
+
+
+def test_manifest_entry_missing_from_listing_fails_harvest(relay_api: Any, emulator: Any, tmp_path: Path) -> None:
+    ref = finished(relay_api, tmp_path)
+    manifest = {
+        "schema": 1,
+        "files": [
+            {"file": "ckpt-step000100.pt", "bytes": 1000, "sha256": "0" * 64},
+            {"file": "ckpt-step000200.pt", "bytes": 1000, "sha256": "0" * 64},
+        ],
+    }
+    emulator.add_output(str(ref.unversioned()), 1, f"checkpoints/{MANIFEST_NAME}", json.dumps(manifest).encode())
+
+    with pytest.raises(ManifestError) as caught:
+        kernels.download_outputs(relay_api, ref, tmp_path / "harvest")
+
+    assert "lists 1 file(s) that did not arrive: ckpt-step000200.pt" in str(caught.value)
+    assert "(refused names: none)" in str(caught.value)
+
+
+def test_manifest_on_second_page_is_checked(relay_api: Any, emulator: Any, tmp_path: Path) -> None:
+    ref = finished(relay_api, tmp_path)
+    kernel = str(ref.unversioned())
+    for index in range(450):
+        emulator.add_output(kernel, 1, f"logs/part-{index:04d}.txt", b"x")
+    manifest = {"schema": 1, "files": [{"file": "ckpt-step000900.pt", "bytes": 3, "sha256": "0" * 64}]}
+    emulator.add_output(kernel, 1, f"checkpoints/late/{MANIFEST_NAME}", json.dumps(manifest).encode())
+
+    with pytest.raises(ManifestError, match="ckpt-step000900.pt"):
+        kernels.download_outputs(relay_api, ref, tmp_path / "harvest")
