@@ -106,9 +106,7 @@ def main() -> list[Target]:
 
 
 if __name__ == "__main__":
-    import sys
-
-    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+    # Run from the repository root as ``python -m bench.bench_save``.
     from bench.common import BIG_CHECKPOINT
 
     built_here = not BIG_CHECKPOINT.exists()
