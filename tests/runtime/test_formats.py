@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import errno
+import json
 import zipfile
 from pathlib import Path
 
@@ -279,3 +280,54 @@ def test_pickle_string_that_is_not_utf8_is_malformed(tmp_path: Path) -> None:
     check = formats.check_file(path, legacy_torch_load=False)
     assert not check.complete
     assert check.load_error.startswith("malformed pickle: a string near byte ")
+
+
+def _sharded_folder(folder: Path) -> Path:
+    trainer_folder(folder, step=300, parts=("optimizer", "scheduler", "state"))
+    first, second = {"a.weight": torch.ones(4, 4)}, {"b.weight": torch.ones(2, 4)}
+    save_safetensors(folder / "model-00001-of-00002.safetensors", first)
+    save_safetensors(folder / "model-00002-of-00002.safetensors", second)
+    index = {"weight_map": {"a.weight": "model-00001-of-00002.safetensors", "b.weight": "model-00002-of-00002.safetensors"}}
+    (folder / "model.safetensors.index.json").write_text(json.dumps(index), encoding="utf-8")
+    return folder
+
+
+def test_sharded_trainer_folder_complete(tmp_path: Path) -> None:
+    check = formats.check_file(_sharded_folder(tmp_path / "checkpoint-300"))
+    assert check.complete, check.reason
+    assert set(check.tree["model"]) == {"a.weight", "b.weight"}
+
+
+def test_sharded_trainer_folder_missing_shard_is_partial(tmp_path: Path) -> None:
+    folder = _sharded_folder(tmp_path / "checkpoint-300")
+    (folder / "model-00002-of-00002.safetensors").unlink()
+    check = formats.check_file(folder)
+    assert not check.complete
+    assert check.reason == "partial: missing weight shards: model-00002-of-00002.safetensors"
+
+
+def test_sharded_trainer_folder_shard_cut_in_header_is_partial(tmp_path: Path) -> None:
+    folder = _sharded_folder(tmp_path / "checkpoint-300")
+    cut(folder / "model-00001-of-00002.safetensors", 20)
+    check = formats.check_file(folder)
+    assert not check.complete
+    assert check.reason.startswith("partial: model-00001-of-00002.safetensors truncated (20 bytes): the file ends inside its")
+
+
+def test_trainer_folder_with_cut_state_json_is_partial(tmp_path: Path) -> None:
+    folder = trainer_folder(tmp_path / "checkpoint-400", step=400)
+    cut(folder / "trainer_state.json", 10)
+    check = formats.check_file(folder)
+    assert not check.complete
+    assert check.reason.startswith("partial: trainer_state.json cannot be read (")
+
+
+def test_empty_trainer_folder_names_every_missing_part(tmp_path: Path) -> None:
+    folder = tmp_path / "checkpoint-500"
+    folder.mkdir()
+    check = formats.check_file(folder)
+    assert not check.complete
+    assert check.reason == (
+        "partial: missing weights (one of model.safetensors, pytorch_model.bin, adapter_model.safetensors, "
+        "adapter_model.bin); missing optimizer.pt; missing scheduler.pt; missing trainer_state.json"
+    )
