@@ -413,6 +413,8 @@ def _poll(context: Context) -> bool:
 
 def _after_harvest(context: Context, run: Run, found: CheckpointInfo | None) -> None:
     ledger, rules = context.ledger, context.chain.stop
+    if ledger.state == "failed":
+        return  # the harvest found a session that trained from scratch and failed the chain
     if found is not None:
         run.checkpoint = found
         ledger.set_state("publishing")

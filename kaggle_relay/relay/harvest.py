@@ -77,6 +77,10 @@ def harvest(context: Context, run: Run) -> CheckpointInfo | None:
     last = context.ledger.data.handoff
     found = examine(outputs.folder, context.chain, last_step=last.checkpoint.step if last and last.checkpoint else None)
     report(context, run, found)
+    restart = find_restart(found.valid, last.checkpoint) if last and last.checkpoint and run.handoff_in else None
+    if restart is not None:
+        _fail_restart(context, run, restart, last)
+        return None
     _update_best(context, run, found)
     if found.newest is None:
         run.outcome = stop.NO_CHECKPOINT
@@ -99,6 +103,7 @@ class Examination:
     """Valid checkpoints not newer than the last handoff (a copy of the handoff itself, for one)."""
     manifest_found: bool = True
     checkpoint_files: int = 0
+    valid: list[Candidate] = field(default_factory=list)
 
 
 def examine(folder: Path, chain: ChainConfig, *, last_step: int | None) -> Examination:
@@ -114,6 +119,64 @@ def examine(folder: Path, chain: ChainConfig, *, last_step: int | None) -> Exami
         older=[candidate for candidate in valid if candidate not in newer],
         manifest_found=any(folder.rglob(MANIFEST_NAME)),
         checkpoint_files=len(everything),
+        valid=valid,
+    )
+
+
+@dataclass(frozen=True)
+class Restart:
+    """Evidence that a session trained from scratch although a handoff was attached."""
+
+    unit: str
+    """``step``, or ``epoch`` when the checkpoints record no step."""
+    lowest: int | float
+    newest: int | float
+    handed: int | float
+
+
+def find_restart(valid: list[Candidate], handed: CheckpointInfo) -> Restart | None:
+    """Return the evidence when the session's checkpoints start below the handed-over checkpoint.
+
+    The handoff dataset carries one checkpoint, so a valid checkpoint below
+    its step can only come from this session. One whose epoch is beyond the
+    handoff's is not counted: that script resumed but reset its step counter.
+    """
+    unit = "step" if handed.step is not None else "epoch"
+    limit = handed.step if handed.step is not None else handed.epoch
+    if limit is None:
+        return None
+
+    def position(candidate: Candidate) -> int | float | None:
+        return candidate.step if unit == "step" else candidate.epoch
+
+    placed = [(position(c), c) for c in valid if position(c) is not None]
+    behind = [
+        value for value, c in placed
+        if value is not None and value < limit
+        and (c.epoch is None or handed.epoch is None or c.epoch <= handed.epoch)
+    ]
+    if not behind:
+        return None
+    newest = max(value for value, _ in placed if value is not None)
+    return Restart(unit=unit, lowest=min(behind), newest=newest, handed=limit)
+
+
+def _fail_restart(context: Context, run: Run, restart: Restart, last: Any) -> None:
+    """Fail the chain at once: every further session of this script would train from scratch again."""
+    run.outcome = stop.RESTARTED
+    unit = restart.unit
+    message = (
+        f"day {run.day} (version {run.kernel_version}) started from scratch: its checkpoints restart at "
+        f"{unit} {restart.lowest} and reach {unit} {restart.newest}, but the handoff it was given "
+        f"({last.dataset} version {last.version}) held {unit} {restart.handed}"
+    )
+    log.error("%s", message)
+    context.ledger.fail(
+        message,
+        hint="make the training script resume: it must load `session.checkpoint` (or call "
+        "`session.resume(model, optimizer, scheduler)`) and continue from the epoch and step stored there; "
+        "check it with `kaggle-relay rehearse`, then run `kaggle-relay next-day --retry`",
+        run_id=run.run_id,
     )
 
 

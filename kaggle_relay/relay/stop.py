@@ -24,6 +24,8 @@ PROGRESS = "progress"
 NO_PROGRESS = "no_progress"
 NO_CHECKPOINT = "no_checkpoint"
 DONE_FLAG = "done_flag"
+RESTARTED = "restarted"
+"""Outcome of a session that trained from scratch although a handoff was attached; it fails the chain."""
 
 
 @dataclass(frozen=True)

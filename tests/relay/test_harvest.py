@@ -15,8 +15,8 @@ import torch
 
 from kaggle_relay.relay import chain as chains
 from kaggle_relay.relay.config import ChainConfig, Quota, load_config
-from kaggle_relay.relay.harvest import classify_end, examine, report
-from kaggle_relay.relay.ledger import Ledger, Run
+from kaggle_relay.relay.harvest import classify_end, examine, find_restart, report
+from kaggle_relay.relay.ledger import CheckpointInfo, Ledger, Run
 from kaggle_relay.runtime.manifest import MANIFEST_NAME
 from kaggle_relay.runtime.save import save_checkpoint
 from tests.relay.chainkit import (
@@ -199,3 +199,80 @@ def test_output_without_manifest_is_reported(tmp_path: Path) -> None:
     report(context, run, examine(tmp_path, chain_config(), last_step=None))
 
     assert "validated directly" in ledger.data.warnings[0].message
+
+
+#: A training script that never resumes: each session trains epochs 0 and 1 (steps 1 and 2) from scratch.
+SCRATCH_SCRIPT = '''"""A test kernel that ignores the checkpoint start_session found."""
+import torch
+
+from kaggle_relay.runtime import capture_training_state, start_session
+
+session = start_session(patterns=["ckpt-*.pt"], require_keys=["model"])
+model = torch.nn.Linear(2, 1)
+for epoch in range(2):
+    state = capture_training_state(model, epoch=epoch, step=epoch + 1)
+    session.save(state, f"ckpt-{epoch:04d}.pt", epoch=epoch, step=epoch + 1, metrics={"val_acc": 0.5})
+session.finish()
+'''
+
+
+@pytest.mark.slow
+def test_session_that_does_not_resume_fails_chain(tmp_path: Path, short_emulator: Any) -> None:
+    project = write_step_project(tmp_path / "p")
+    project.script.write_text(SCRATCH_SCRIPT, encoding="utf-8")
+    chain = load_config(project.config).chain[0]
+
+    outcome = chains.advance(chain, wait=True)
+
+    ledger = check_chain(short_emulator, project)
+    assert outcome.state == "failed"
+    # Caught after the first session that had a handoff: no third session was pushed.
+    assert ledger.days == 2
+    second = ledger.runs[1]
+    assert second.handoff_in is not None
+    assert second.outcome == "restarted"
+    assert second.outcome != "progress"
+    assert second.published is None
+    error = ledger.data.error
+    assert error is not None
+    assert "started from scratch" in error.message
+    assert "restart at step 1" in error.message
+    assert "held step 2" in error.message
+    assert "session.checkpoint" in error.hint
+    assert "session.resume" in error.hint
+
+
+@pytest.mark.parametrize(
+    ("handed", "expected"),
+    [
+        (CheckpointInfo(file="ckpt-0002.pt", epoch=2, step=3), (1, 3, 3)),
+        (CheckpointInfo(file="ckpt-0005.pt", epoch=5, step=6), (1, 3, 6)),
+        (CheckpointInfo(file="ckpt-0001.pt", epoch=1, step=2), (1, 3, 2)),
+        (CheckpointInfo(file="ckpt-0000.pt", epoch=0, step=1), None),
+    ],
+)
+def test_find_restart_compares_with_handoff(
+    tmp_path: Path, handed: CheckpointInfo, expected: tuple[int, int, int] | None
+) -> None:
+    save_epochs(tmp_path / "checkpoints", [0.5, 0.6, 0.7])
+
+    found = examine(tmp_path, chain_config(), last_step=handed.step)
+    restart = find_restart(found.valid, handed)
+
+    if expected is None:
+        assert restart is None
+    else:
+        assert restart is not None
+        assert (restart.lowest, restart.newest, restart.handed) == expected
+
+
+def test_find_restart_ignores_reset_step_counter(tmp_path: Path) -> None:
+    # Later epochs with lower steps: the script resumed but counted steps from 0 again.
+    for epoch, step in [(3, 1), (4, 2)]:
+        state = {"model": {"weight": torch.full((2,), float(epoch))}, "epoch": epoch, "step": step}
+        save_checkpoint(state, f"ckpt-{epoch:04d}.pt", folder=tmp_path / "checkpoints", epoch=epoch, step=step)
+    handed = CheckpointInfo(file="ckpt-0002.pt", epoch=2, step=30)
+
+    found = examine(tmp_path, chain_config(), last_step=handed.step)
+
+    assert find_restart(found.valid, handed) is None
