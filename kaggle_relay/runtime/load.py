@@ -210,6 +210,11 @@ def _load_torch_file(
         raise UnsafeCheckpointError(
             path, refused or names, hint=_trust.opt_out_hint(source, dataset, refused or names)
         ) from exc
+    except (AttributeError, ImportError) as exc:
+        # A trusted load unpickles classes by name; one defined in a notebook's __main__ may be absent here.
+        raise CheckpointInvalidError(
+            path, f"a trusted global cannot be imported: {exc}", hint="define or import it before loading"
+        ) from exc
     except (RuntimeError, OSError, EOFError, ValueError, IndexError, struct.error) as exc:
         # torch's weights_only unpickler raises IndexError and struct.error on a pickle cut short.
         raise CheckpointInvalidError(path, formats.explain_load_error(path, exc)) from exc

@@ -284,6 +284,12 @@ def _format_problems(candidate: Candidate, check: formats.FormatCheck, policy: _
     rejected = decision.rejected(check.blocked)
     if not rejected:
         candidate.notes.append(f"needs globals trusted by {decision.rule} ({decision.level}): {', '.join(check.blocked)}")
+        # Trusted is not enough: a class from a notebook's __main__ that this process lacks fails the load.
+        missing = [(name, _trust.describe_importable(name)) for name in check.blocked]
+        missing = [(name, found) for name, found in missing if found.startswith("not importable")]
+        if missing:
+            named = "; ".join(f"{name} ({found})" for name, found in missing)
+            return [f"trusted globals cannot be imported in this process: {named}"]
         return []
     named = ", ".join(f"{name} ({_trust.describe_importable(name)})" for name in rejected)
     hint = _trust.opt_out_hint(candidate.source, candidate.dataset, rejected)

@@ -171,3 +171,13 @@ def test_load_never_strips_mixed_keys(kaggle_root: Path) -> None:
     with pytest.raises(CheckpointInvalidError, match="'head.bias' does not"):
         load_checkpoint(path, strip_prefix=True)
     assert list(load_checkpoint(path)["model"]) == ["module.fc.weight", "head.bias"]
+
+
+def test_load_full_trust_of_missing_main_class_is_readable(kaggle_root: Path) -> None:
+    from tests.runtime.builders import save_with_main_class
+
+    path = save_with_main_class(kaggle_root / "working" / "main.pt")
+    with pytest.raises(CheckpointInvalidError) as caught:
+        load_checkpoint(path, trust="full")
+    assert "TrainConfig" in caught.value.reason
+    assert caught.value.hint == "define or import it before loading"

@@ -201,3 +201,41 @@ def test_unknown_file_is_invalid(tmp_path: Path) -> None:
     assert not candidate.valid
     assert candidate.format == "unknown"
     assert candidate.reason.startswith("unknown format")
+
+
+def test_trusted_main_class_missing_here_is_invalid(tmp_path: Path) -> None:
+    path = save_with_main_class(tmp_path / "main.pt")
+    for level in ("globals", "full"):
+        trusted = TrustPolicy(sources={"working": level}, globals=["__main__.TrainConfig"])
+        candidate = validate_checkpoint(path, trust=trusted)
+        assert not candidate.valid, level
+        assert candidate.reason.startswith("trusted globals cannot be imported in this process: __main__.TrainConfig")
+        assert "define or import it before loading" in candidate.reason
+
+
+TRAINING_SCRIPT_WITH_CLASS = """
+import sys
+from kaggle_relay.runtime import validate_checkpoint
+from kaggle_relay.runtime.load import load_checkpoint
+from kaggle_relay.runtime.trust import TrustPolicy
+
+class TrainConfig:
+    def __init__(self): self.lr = 0.1
+
+trusted = TrustPolicy(sources={"working": "full"})
+candidate = validate_checkpoint(sys.argv[1], trust=trusted)
+assert candidate.valid, candidate.reason
+print(load_checkpoint(candidate, trust=trusted)["config"].lr)
+"""
+
+
+def test_trusted_main_class_defined_by_resuming_script_loads(tmp_path: Path) -> None:
+    import subprocess
+    import sys
+
+    path = save_with_main_class(tmp_path / "main.pt")
+    result = subprocess.run(
+        [sys.executable, "-c", TRAINING_SCRIPT_WITH_CLASS, str(path)], capture_output=True, text=True, timeout=120
+    )
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.splitlines()[-1] == "0.1"
