@@ -34,11 +34,23 @@ DEMO_EPOCHS = 12
 # clock's margin, so the 12 epochs of the demo need 3 or more sessions.
 DEMO_EPOCH_SECONDS = 2.0
 DEMO_SESSION_LIMIT = 15.0
+# The init template trains 12 epochs: at 2 s or more each they need 24 s, so sessions of 20 s split
+# the default rehearsal into 2 sessions or more on any machine, and a slower one only adds sessions.
+SESSION_LIMIT = 20.0
+EPOCH_SECONDS = 2.0
+EPOCH_FLOOR = re.compile(r"^MIN_EPOCH_SECONDS = .*$", re.MULTILINE)
 
 HELP = f"""Run the relay loop offline: start the Kaggle API emulator on 127.0.0.1 with
 a short session limit, advance every chain with next-day --wait until it is
-done, and print each day. The project is copied first, so its own .relay/
-ledger is not touched, and the emulator gets throwaway credentials.
+done, and print each day. The project is copied into a rehearsal folder
+under the temporary folder (TMPDIR, else /tmp), so its own .relay/ ledger is
+not touched, and the emulator gets throwaway credentials. The rehearsal
+folder is deleted at the end, unless --keep is given or a chain did not
+finish; its path is printed when it is kept.
+A resume is proven only when a chain takes two sessions or more: a chain
+that finishes in one session prints a warning. In the rehearsal copy, a
+script that defines MIN_EPOCH_SECONDS (as the init template does) gets
+--epoch-seconds, so short sessions split even a tiny model's training.
 --demo writes the demo project (a small classifier on synthetic data) and compares the
 relayed model with the same training run uninterrupted.
 
@@ -53,7 +65,14 @@ def add_parser(subparsers: Any) -> None:
     parser.add_argument("--demo", action="store_true", help="write and run the demo project")
     parser.add_argument("--dir", type=Path, help="project folder (default: . ; with --demo: ./demo)")
     parser.add_argument("--session-limit", type=float,
-                        help="session length of each emulated run in seconds (default: 60; 15 with --demo)")
+                        help=f"session length of each emulated run in seconds (default: {SESSION_LIMIT:.0f}; "
+                        f"{DEMO_SESSION_LIMIT:.0f} with --demo)")
+    parser.add_argument("--epoch-seconds", type=float, default=EPOCH_SECONDS,
+                        help="minimum duration of one epoch in seconds, written into MIN_EPOCH_SECONDS of the "
+                        "rehearsal copy's script when it defines it; 0 leaves the script as it is "
+                        "(default: %(default)s)")
+    parser.add_argument("--keep", action="store_true",
+                        help="keep the rehearsal folder (copy, ledgers, downloads, emulator log) and print its path")
     parser.add_argument("--days", type=int, default=20, help="stop after this many sessions (default: %(default)s)")
     parser.add_argument("--json", action="store_true", help="print one JSON object on stdout")
     parser.set_defaults(func=run)
@@ -134,7 +153,9 @@ def write_demo(folder: Path) -> Path:
     return folder / "relay.toml"
 
 
-def copy_project(config_path: Path, dest: Path, *, session_limit: float, days: int) -> Path:
+def copy_project(
+    config_path: Path, dest: Path, *, session_limit: float, days: int, epoch_seconds: float = 0.0
+) -> Path:
     """Copy the project into ``dest`` with rehearsal settings; return the copy's relay.toml."""
     import tomllib
 
@@ -153,7 +174,26 @@ def copy_project(config_path: Path, dest: Path, *, session_limit: float, days: i
         chain.setdefault("stop", {})["max_days"] = days
         chain["wait"] = {"poll_seconds": 1.0, "dataset_ready_seconds": 60.0}
     path.write_text(_to_toml(raw), encoding="utf-8")
+    if epoch_seconds > 0:
+        for chain in load_config(path).chain:
+            if chain.kernel_is_folder:
+                set_epoch_floor(chain.kernel_folder, epoch_seconds)
     return path
+
+
+def set_epoch_floor(kernel_folder: Path, seconds: float) -> bool:
+    """Write ``MIN_EPOCH_SECONDS = seconds`` into the kernel's code file when it defines that constant."""
+    from kaggle_relay.relay.bundle import read_metadata
+
+    code_file = read_metadata(kernel_folder).get("code_file")
+    script = kernel_folder / str(code_file)
+    if not code_file or not script.is_file():
+        return False
+    text = script.read_text(encoding="utf-8")
+    if not EPOCH_FLOOR.search(text):
+        return False
+    script.write_text(EPOCH_FLOOR.sub(f"MIN_EPOCH_SECONDS = {seconds!r}", text), encoding="utf-8")
+    return True
 
 
 def _to_toml(raw: dict[str, Any]) -> str:
@@ -299,26 +339,53 @@ def final_checkpoint(config_path: Path, chain_name: str) -> tuple[Path, dict[str
 def run(args: argparse.Namespace) -> int:
     work = Path(tempfile.mkdtemp(prefix="kaggle-relay-rehearsal-"))
     if args.session_limit is None:
-        args.session_limit = DEMO_SESSION_LIMIT if args.demo else 60.0
+        args.session_limit = DEMO_SESSION_LIMIT if args.demo else SESSION_LIMIT
+    try:
+        report = _rehearse_project(args, work)
+    except BaseException:
+        print(f"rehearsal folder kept at {work}", file=sys.stderr)
+        raise
+    finished = all(item["state"] == "done" for item in report["chains"])
+    keep = args.keep or not finished
+    report["work_dir"] = str(work) if keep else None
+    _print_report(report, as_json=args.json)
+    for warning in report["warnings"]:
+        print(f"warning: {warning}", file=sys.stderr)
+    if keep:
+        print(f"rehearsal folder kept at {work}", file=sys.stderr)
+    else:
+        shutil.rmtree(work, ignore_errors=True)
+    return exitcodes.OK if finished else exitcodes.NEEDS_ATTENTION
+
+
+def _rehearse_project(args: argparse.Namespace, work: Path) -> dict[str, Any]:
     if args.demo:
         project = (args.dir or Path("demo")).resolve()
         config_path = write_demo(project)
         print(f"demo project written to {project}", file=sys.stderr)
     else:
         source = (args.dir or Path(".")).resolve() / "relay.toml"
-        config_path = copy_project(source, work / "project", session_limit=args.session_limit, days=args.days)
-        print(f"rehearsing a copy of {source.parent} in {config_path.parent}", file=sys.stderr)
-    if args.demo:
-        config_path = copy_project(config_path, work / "project", session_limit=args.session_limit, days=args.days)
+        config_path = source
+    config_path = copy_project(config_path, work / "project", session_limit=args.session_limit, days=args.days,
+                               epoch_seconds=args.epoch_seconds)
+    print(f"rehearsing a copy of the project in {config_path.parent}", file=sys.stderr)
 
     results = rehearse(config_path, work, session_limit=args.session_limit)
-    report: dict[str, Any] = {"chains": results, "work_dir": str(work)}
+    report: dict[str, Any] = {"chains": results, "warnings": single_session_warnings(results, args.session_limit)}
     if args.demo:
         report["comparison"] = _demo_comparison(config_path, work, results[0]["name"])
-    _print_report(report, as_json=args.json)
-    if all(item["state"] == "done" for item in results):
-        return exitcodes.OK
-    return exitcodes.NEEDS_ATTENTION
+    return report
+
+
+def single_session_warnings(results: list[dict[str, Any]], session_limit: float) -> list[str]:
+    """Warn for each chain that finished in one session: no resume was exercised, so nothing is proven."""
+    return [
+        f"chain {item['name']} finished in one session, so no resume was exercised; rerun with a lower "
+        f"--session-limit (now {session_limit:.0f} s) or a higher --epoch-seconds so that training takes "
+        "two sessions or more"
+        for item in results
+        if item["state"] == "done" and len(item["days"]) == 1
+    ]
 
 
 def _demo_comparison(config_path: Path, work: Path, chain_name: str) -> dict[str, Any]:
