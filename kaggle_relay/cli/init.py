@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import shlex
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -21,6 +22,8 @@ TEMPLATE_TITLE = "relay demo train"
 TEMPLATE_DATASET = "relay-user/relay-demo-handoff"
 TEMPLATE_DATASET_TITLE = "relay demo handoff"
 TEMPLATE_ACCELERATOR = 'accelerator = "none"'
+# How the Makefile, cron.txt and the systemd unit call kaggle-relay; init writes the command that ran it.
+TEMPLATE_COMMANDS = ("KAGGLE_RELAY ?= kaggle-relay", "&& kaggle-relay next-day", "ExecStart=/usr/bin/env kaggle-relay")
 
 #: Template files in the order they are written, relative to the project folder.
 FILES = (
@@ -40,6 +43,18 @@ a cron line and a systemd timer. Asks nothing; existing files are left
 alone unless --force is given.
 
 {exitcodes.HELP}"""
+
+
+def relay_command() -> str:
+    """Return the kaggle-relay of this installation as a shell word, so it works without the venv on PATH.
+
+    The entry point beside the running interpreter is used when it exists (a
+    venv or pip install); otherwise the interpreter runs the module.
+    """
+    script = Path(sys.executable).parent / "kaggle-relay"
+    if script.is_file():
+        return shlex.quote(str(script))
+    return f"{shlex.quote(sys.executable)} -m kaggle_relay.cli.main"
 
 
 @dataclass(frozen=True)
@@ -116,6 +131,10 @@ def render(name: str, text: str, names: Names, project: Path) -> str:
     text = text.replace(TEMPLATE_TITLE, names.title)
     text = text.replace(TEMPLATE_ACCELERATOR, f'accelerator = "{names.accelerator}"')
     text = text.replace("PROJECT", str(project))
+    command = relay_command()
+    makefile, cron, unit = TEMPLATE_COMMANDS
+    text = text.replace(makefile, f"KAGGLE_RELAY ?= {command}").replace(cron, f"&& {command} next-day")
+    text = text.replace(unit, f"ExecStart={command}")
     if name == "kernel/kernel-metadata.json":
         metadata = json.loads(text)
         metadata["enable_gpu"] = names.accelerator.startswith("Nvidia")
@@ -160,7 +179,8 @@ def run(args: argparse.Namespace) -> int:
     print(f"wrote a relay project in {project}:")
     for path in written:
         print(f"  {path.relative_to(project)}")
-    print(f"next: cd {project} && kaggle-relay rehearse --dir .   (offline, on the emulator)")
-    print("then: kaggle-relay next-day (or `make next-day`; see cron.txt to run it every hour)")
+    command = relay_command()
+    print(f"next: cd {project} && {command} rehearse   (or `make rehearse`: offline, on the emulator)")
+    print(f"then: {command} next-day   (or `make next-day`; see cron.txt to run it every hour)")
     sys.stdout.flush()
     return exitcodes.OK

@@ -106,3 +106,19 @@ def test_wheel_ships_templates(tmp_path: Path) -> None:
     for name in init.FILES:
         assert f"kaggle_relay/templates/{name}" in names, name
     assert "kaggle_relay/cli/init.py" in names
+
+
+def test_generated_project_runs_without_venv_on_path(tmp_path: Path) -> None:
+    project = tmp_path / "p"
+    # A real `kaggle-relay init` from the installed entry point, as the README shows it.
+    command = Path(sys.executable).parent / "kaggle-relay"
+    result = subprocess.run([str(command), "init", str(project)], capture_output=True, text=True, timeout=60,
+                            check=True)
+    plain = {"PATH": "/usr/bin:/bin", "HOME": str(tmp_path), "TMPDIR": str(tmp_path)}
+
+    assert f"cd {project} && {command} rehearse" in result.stdout
+    made = subprocess.run(["make", "status"], cwd=project, env=plain, capture_output=True, text=True, timeout=60)
+    assert made.returncode == 0, made.stderr
+    assert "digits: idle, day 0" in made.stdout
+    assert f"&& {command} next-day" in (project / "cron.txt").read_text(encoding="utf-8")
+    assert f"ExecStart={command} next-day" in (project / "kaggle-relay.service").read_text(encoding="utf-8")
