@@ -13,8 +13,7 @@ from __future__ import annotations
 import struct
 import zipfile
 import zlib
-from dataclasses import dataclass
-from typing import BinaryIO
+from typing import BinaryIO, NamedTuple
 
 _EOCD = b"PK\x05\x06"
 _EOCD64_LOCATOR = b"PK\x06\x07"
@@ -27,10 +26,13 @@ _LOCAL_SIZE = 30
 _TAIL = _EOCD_SIZE + 0xFFFF
 _ZIP64_EXTRA = 0x0001
 _FULL32 = 0xFFFFFFFF
+# The fixed part of a central directory record: signature, method, CRC-32, compressed and
+# uncompressed size, name, extra and comment lengths, and the local header's offset.
+_CENTRAL_RECORD = struct.Struct("<4s6xH4xIIIHHH8xI")
+_new_tuple = tuple.__new__
 
 
-@dataclass
-class ZipEntry:
+class ZipEntry(NamedTuple):
     """One central directory record; field names follow ``zipfile.ZipInfo``."""
 
     filename: str
@@ -68,8 +70,12 @@ def read_directory(handle: BinaryIO, size: int) -> dict[str, ZipEntry]:
             f"central directory of {directory_size} bytes at offset {directory_offset} does not end "
             f"where the end record starts (offset {directory_end})"
         )
-    handle.seek(directory_offset)
-    directory = handle.read(directory_size)
+    if directory_offset >= tail_start:
+        # Usual for a checkpoint: the directory was read with the tail, so it is not read again.
+        directory = tail[directory_offset - tail_start : directory_end - tail_start]
+    else:
+        handle.seek(directory_offset)
+        directory = handle.read(directory_size)
     return _parse_entries(directory, count)
 
 
@@ -82,8 +88,11 @@ def _zip64_end(handle: BinaryIO, tail: bytes, end: int, tail_start: int) -> tupl
         raise zipfile.BadZipFile("the zip64 end locator names a multi-disk archive")
     if record_offset + 56 > tail_start + locator:
         raise zipfile.BadZipFile("the zip64 end locator points past itself")
-    handle.seek(record_offset)
-    record = handle.read(56)
+    if record_offset >= tail_start:
+        record = tail[record_offset - tail_start : record_offset - tail_start + 56]
+    else:
+        handle.seek(record_offset)
+        record = handle.read(56)
     if len(record) < 56 or record[:4] != b"PK\x06\x06":
         raise zipfile.BadZipFile("zip64 end of central directory record not found")
     (record_size,) = struct.unpack_from("<Q", record, 4)
@@ -109,21 +118,22 @@ def _parse_entries(directory: bytes, count: int) -> dict[str, ZipEntry]:
 
 def _parse_records(directory: bytes, count: int) -> tuple[dict[str, ZipEntry], int]:
     entries: dict[str, ZipEntry] = {}
+    unpack_record = _CENTRAL_RECORD.unpack_from
     position = 0
     for _ in range(count):
-        if directory[position : position + 4] != _CENTRAL:
+        if not directory.startswith(_CENTRAL, position):
             raise zipfile.BadZipFile(f"bad central directory record at offset {position}")
-        (method, crc, compressed, uncompressed, name_length, extra_length, comment_length) = struct.unpack_from(
-            "<HxxxxIIIHHH", directory, position + 10
+        (_, method, crc, compressed, uncompressed, name_length, extra_length, comment_length, offset) = unpack_record(
+            directory, position
         )
-        (offset,) = struct.unpack_from("<I", directory, position + 42)
         name_start = position + _CENTRAL_SIZE
-        name = directory[name_start : name_start + name_length].decode("utf-8", "replace")
-        extra = directory[name_start + name_length : name_start + name_length + extra_length]
-        if _FULL32 in (compressed, uncompressed, offset):
+        extra_start = name_start + name_length
+        name = directory[name_start:extra_start].decode("utf-8", "replace")
+        if compressed == _FULL32 or uncompressed == _FULL32 or offset == _FULL32:
+            extra = directory[extra_start : extra_start + extra_length]
             uncompressed, compressed, offset = _zip64_sizes(extra, uncompressed, compressed, offset)
-        entries[name] = ZipEntry(name, offset, compressed, uncompressed, method, crc)
-        position = name_start + name_length + extra_length + comment_length
+        entries[name] = _new_tuple(ZipEntry, (name, offset, compressed, uncompressed, method, crc))
+        position = extra_start + extra_length + comment_length
     return entries, position
 
 
