@@ -22,7 +22,7 @@ TEMPLATE_TITLE = "relay demo train"
 TEMPLATE_DATASET = "relay-user/relay-demo-handoff"
 TEMPLATE_DATASET_TITLE = "relay demo handoff"
 TEMPLATE_ACCELERATOR = 'accelerator = "none"'
-# How the Makefile, cron.txt and the systemd unit call kaggle-relay; init writes the command that ran it.
+# The kaggle-relay calls in the Makefile, cron.txt and the systemd unit, replaced by the command that ran init.
 TEMPLATE_COMMANDS = ("KAGGLE_RELAY ?= kaggle-relay", "&& kaggle-relay next-day", "ExecStart=/usr/bin/env kaggle-relay")
 
 #: Template files in the order they are written, relative to the project folder.

@@ -198,7 +198,7 @@ def start_session(
     diagnostic table is printed to stdout.
 
     Raises AcceleratorMismatchError, HandoffMismatchError, ConfigError, or
-    NoValidCheckpointError when a handoff is expected but holds no valid
+    NoValidCheckpointError when an expected handoff contains no valid
     checkpoint, before any training starts.
     """
     removed = clean_working()
@@ -234,7 +234,7 @@ def start_session(
 
 
 def check_handoff_checkpoint(handoff: Path, result: ScanResult, patterns: Sequence[str]) -> None:
-    """Raise NoValidCheckpointError unless the mounted handoff folder holds a valid checkpoint.
+    """Raise NoValidCheckpointError unless the mounted handoff folder contains a valid checkpoint.
 
     Training from scratch there would hand over an older state than the one
     the relay attached, so the session stops with every file found and why
@@ -249,7 +249,7 @@ def check_handoff_checkpoint(handoff: Path, result: ScanResult, patterns: Sequen
     else:
         found = f"  no file matching {', '.join(patterns)}"
     raise NoValidCheckpointError(
-        f"the handoff {identity} mounted at {handoff} holds no valid checkpoint, so this session would "
+        f"the handoff {identity} mounted at {handoff} contains no valid checkpoint, so this session would "
         f"train from scratch; found:\n{found}\nCheck the patterns given to start_session and the handoff "
         "dataset's files; the relay publishes only checkpoints it validated",
         searched=[str(handoff)],

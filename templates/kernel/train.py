@@ -5,7 +5,7 @@ dataset holding the last checkpoint, and runs it again until the manifest
 is marked done. Each session:
 
 1. ``start_session`` checks the accelerator and the attached handoff (it stops
-   the session when the handoff holds no valid checkpoint), and
+   the session when the handoff contains no valid checkpoint), and
    finds the newest valid checkpoint (this session's working folder first,
    then the handoff dataset under /kaggle/input);
 2. the script restores model, optimizer, scheduler, epoch and every random

@@ -60,7 +60,7 @@ def test_handoff_without_valid_checkpoint_raises(kaggle_root: Path) -> None:
         start_session(patterns=["ckpt-*.pt"], require_keys=["model"], report=False)
 
     message = str(caught.value)
-    assert "holds no valid checkpoint" in message
+    assert "contains no valid checkpoint" in message
     assert str(folder / "ckpt-0004.pt") in message
     assert "alice/h" in message
     assert [Path(candidate.path).name for candidate in caught.value.rejected] == ["ckpt-0004.pt"]
