@@ -238,29 +238,49 @@ def _missing_storage_bytes(result: FormatCheck, entries: dict[str, zipdir.ZipEnt
         return "data.pkl was not read"
     missing, short = [], []
     data_prefix = f"{prefix}data/"
+    itemsize = DTYPE_ITEMSIZE.get
+    entry_for = entries.get
     for key, storage in found.storages.items():
-        info = entries.get(data_prefix + key)
+        info = entry_for(data_prefix + key)
         if info is None:
             missing.append(key)
             continue
-        needed = storage.numel * DTYPE_ITEMSIZE.get(storage.dtype, 1)
+        needed = storage.numel * itemsize(storage.dtype, 1)
         if info.file_size < needed:
             short.append(f"{key} ({info.file_size} of {needed} bytes)")
         elif info.header_offset + 30 + len(info.filename) + info.compress_size > size:
             short.append(f"{key} (its data runs past the end of the file)")
-    overrun = [tensor for tensor in found.tensors if _tensor_overruns(tensor)]
+    overrun = _count_overruns(found.tensors)
     problems = []
     if missing:
         problems.append(f"storage entries missing: {', '.join(missing[:5])}")
     if short:
         problems.append(f"storage entries too short: {', '.join(short[:5])}")
     if overrun:
-        problems.append(f"{len(overrun)} tensors reach past the end of their storage")
+        problems.append(f"{overrun} tensors reach past the end of their storage")
     return "incomplete: " + "; ".join(problems) if problems else ""
 
 
-def _tensor_overruns(tensor: TensorRef) -> bool:
-    return tensor.storage is not None and tensor.storage_bytes_needed() > tensor.storage.nbytes
+def _count_overruns(tensors: list[TensorRef]) -> int:
+    """Count the tensors whose shape, stride and offset reach past the end of their storage.
+
+    The same rule as ``TensorRef.storage_bytes_needed`` against ``StorageRef.nbytes``,
+    inlined because a checkpoint has thousands of tensors (a test checks both agree).
+    """
+    itemsize = DTYPE_ITEMSIZE.get
+    count = 0
+    for dtype, shape, storage, offset, stride, _parameter in tensors:
+        if storage is None:
+            continue
+        extent = 1
+        for length, step in zip(shape, stride, strict=False):
+            if length == 0:
+                break  # an empty tensor reaches no byte
+            extent += (length - 1) * step
+        else:
+            if (offset + extent) * itemsize(dtype, 1) > storage.numel * itemsize(storage.dtype, 1):
+                count += 1
+    return count
 
 
 def _check_cut_zip(path: str, size: int, expected: int | None) -> FormatCheck:

@@ -331,3 +331,27 @@ def test_empty_trainer_folder_names_every_missing_part(tmp_path: Path) -> None:
         "partial: missing weights (one of model.safetensors, pytorch_model.bin, adapter_model.safetensors, "
         "adapter_model.bin); missing optimizer.pt; missing scheduler.pt; missing trainer_state.json"
     )
+
+
+def test_overrun_count_follows_storage_bytes_needed() -> None:
+    from kaggle_relay.runtime.peek import StorageRef
+
+    storage = StorageRef(key="0", dtype="float32", numel=12)
+    cases = [
+        ((12,), (1,), 0),  # fills the storage
+        ((12,), (1,), 1),  # one element past the end
+        ((3, 4), (4, 1), 0),
+        ((4, 3), (1, 4), 0),  # transposed view
+        ((4, 4), (4, 1), 0),
+        ((0, 99), (99, 1), 50),  # empty: reaches nothing
+        ((), (), 11),  # scalar at the last element
+        ((), (), 12),
+        ((3,), (-1,), 2),  # negative stride
+        ((2,), (-1,), 13),  # extent 0 with an offset past the end
+        ((6, 2), (2,), 0),  # stride shorter than shape
+    ]
+    for shape, stride, offset in cases:
+        tensor = TensorRef("float32", shape, storage, offset, stride)
+        expected = int(tensor.storage_bytes_needed() > storage.nbytes)
+        assert formats._count_overruns([tensor]) == expected, (shape, stride, offset)
+    assert formats._count_overruns([TensorRef("float32", (99,))]) == 0
