@@ -140,6 +140,9 @@ def find_restart(valid: list[Candidate], handed: CheckpointInfo) -> Restart | No
     The handoff dataset carries one checkpoint, so a valid checkpoint below
     its step can only come from this session. One whose epoch is beyond the
     handoff's is not counted: that script resumed but reset its step counter.
+
+    NOTE: a from-scratch run that passed the handoff's step goes unnoticed when
+    retention pruned all its checkpoints below that step, because only steps are compared, not contents.
     """
     unit = "step" if handed.step is not None else "epoch"
     limit = handed.step if handed.step is not None else handed.epoch
