@@ -35,7 +35,13 @@ from typing import Any
 from kaggle_relay.errors import ManifestError
 from kaggle_relay.runtime import formats, keys
 from kaggle_relay.runtime import trust as _trust
-from kaggle_relay.runtime.manifest import Manifest, ManifestEntry, load_manifest, sha256_file
+from kaggle_relay.runtime.manifest import (
+    MANIFEST_NAME,
+    Manifest,
+    ManifestEntry,
+    load_manifest,
+    sha256_file,
+)
 from kaggle_relay.runtime.peek import TensorRef
 
 MANIFEST_MATCHED = "matched"
@@ -144,7 +150,7 @@ def validate_with(
     _describe_tree(candidate, check)
     _apply_manifest_facts(candidate, entry)
 
-    problems = _format_problems(candidate, check, policy or _trust.TrustPolicy())
+    problems = _format_problems(candidate, check, policy)
     if manifest_problem:
         problems.append(f"manifest cannot be used: {manifest_problem}")
     if check.complete:
@@ -164,7 +170,7 @@ def _describe_tree(candidate: Candidate, check: formats.FormatCheck) -> None:
         candidate.keys = [str(key) for key in tree]
     found = keys.find_model_state(tree, _is_tensor)
     if found is not None:
-        candidate.key_prefix = str(keys.detect_key_prefix(found[1].keys()))
+        candidate.key_prefix = _key_prefix(found[1])
 
     if check.format == formats.SAFETENSORS:
         epoch, step, metrics = _facts_from_strings(check.metadata)
@@ -176,6 +182,13 @@ def _describe_tree(candidate: Candidate, check: formats.FormatCheck) -> None:
     if step is not None:
         candidate.step, candidate.step_from = step, "checkpoint"
     _facts_from_name(candidate)
+
+
+def _key_prefix(state: Mapping[str, Any]) -> str:
+    # Most state dicts carry no wrapper prefix at all, which one pass over the keys shows.
+    if not any(key.startswith(keys.WRAPPER_PREFIXES) for key in state):
+        return ""
+    return str(keys.detect_key_prefix(state.keys()))
 
 
 def _is_tensor(value: Any) -> bool:
@@ -271,7 +284,7 @@ def _apply_manifest_facts(candidate: Candidate, entry: ManifestEntry | None) -> 
 # --- problems -----------------------------------------------------------------
 
 
-def _format_problems(candidate: Candidate, check: formats.FormatCheck, policy: _trust.TrustPolicy) -> list[str]:
+def _format_problems(candidate: Candidate, check: formats.FormatCheck, policy: _trust.TrustPolicy | None) -> list[str]:
     if check.format == formats.UNKNOWN:
         return [check.reason or "unknown format"]
     if not check.complete:
@@ -280,7 +293,7 @@ def _format_problems(candidate: Candidate, check: formats.FormatCheck, policy: _
         return [f"cannot be loaded with weights_only=True: {check.load_error}"]
     if not check.blocked:
         return []
-    decision = policy.decide(candidate.source, candidate.dataset)
+    decision = (policy or _trust.TrustPolicy()).decide(candidate.source, candidate.dataset)
     rejected = decision.rejected(check.blocked)
     if not rejected:
         candidate.notes.append(f"needs globals trusted by {decision.rule} ({decision.level}): {', '.join(check.blocked)}")
@@ -363,6 +376,10 @@ def _views(tree: Mapping[str, Any]) -> list[Mapping[str, Any]]:
 def manifest_for(folder: str, cache: dict[str, tuple[Manifest | None, str]]) -> tuple[Manifest | None, str]:
     """Read the manifest of ``folder`` once per scan; returns (manifest or None, problem)."""
     if folder not in cache:
+        if not os.path.exists(os.path.join(folder, MANIFEST_NAME)):
+            # One stat, where load_manifest of a missing file raises and catches FileNotFoundError.
+            cache[folder] = (None, "")
+            return cache[folder]
         try:
             cache[folder] = (load_manifest(folder), "")
         except ManifestError as exc:
