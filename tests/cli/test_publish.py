@@ -71,7 +71,7 @@ def test_publish_human_output(emulator: Any, _isolated_kaggle_config: Path, tmp_
 def test_publish_without_credentials_is_one_clear_error(tmp_path: Path) -> None:
     result = relay("publish", str(checkpoint_folder(tmp_path)), "--dataset", DATASET, "--json")
     assert result.returncode == exitcodes.CREDENTIALS
-    assert result.stdout == ""
+    assert json.loads(result.stdout)["error"]["type"] == "CredentialsError"
     assert "KAGGLE_USERNAME" in result.stderr
     assert "KAGGLE_API_TOKEN" in result.stderr
     assert "kaggle auth login" in result.stderr
@@ -84,13 +84,13 @@ def test_publish_without_valid_checkpoint_exits_3(tmp_path: Path) -> None:
     (folder / "ckpt-step000100.pt").write_bytes(b"truncated")
     result = relay("publish", str(folder), "--dataset", DATASET, "--json")
     assert result.returncode == exitcodes.NO_VALID_CHECKPOINT
-    assert result.stdout == ""
+    assert json.loads(result.stdout)["error"]["type"] == "NoValidCheckpointError"
     assert "ckpt-step000100.pt" in result.stderr
 
 
 def test_publish_rejects_invalid_dataset_slug(tmp_path: Path) -> None:
     result = relay("publish", str(checkpoint_folder(tmp_path)), "--dataset", f"{EMULATOR_USER}/Relay Handoff")
-    assert result.returncode == exitcodes.NEEDS_ATTENTION
+    assert result.returncode == exitcodes.USAGE
     assert "lowercase" in result.stderr
 
 
