@@ -27,7 +27,7 @@ def is_temporary(name: str) -> bool:
     return os.path.basename(name).startswith(TEMP_PREFIX)
 
 
-# The longest file name (in bytes) that Linux file systems accept.
+# The maximum file name length in bytes on Linux file systems (ext4, overlayfs, tmpfs).
 NAME_MAX = 255
 
 

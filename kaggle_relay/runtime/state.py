@@ -532,8 +532,8 @@ def _restore_schedule(
     if saved is None:
         report.skipped.append("scheduler (none saved)")
         if optimizer is not None and "optimizer" in report.loaded and report.scheduler_policy != "keep_saved":
-            # The saved optimizer groups replaced the configured ones (and their initial_lr). Nothing
-            # saved tells where the configured schedule would be, so it starts from its beginning.
+            # The saved optimizer groups replaced the configured ones (and their initial_lr). No saved
+            # state gives the position of the configured schedule, so it starts from its beginning.
             _apply_groups(optimizer, configured_groups)
         return
     _apply_scheduler(
