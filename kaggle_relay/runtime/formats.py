@@ -62,6 +62,7 @@ _ZIP_EMPTY = b"PK\x05\x06"
 # safetensors refuses headers above 100 MB; anything larger is not a safetensors file.
 _SAFETENSORS_MAX_HEADER = 100_000_000
 _SNIFF_BYTES = 32
+_READ_FLAGS = os.O_RDONLY | getattr(os, "O_BINARY", 0)
 _SMALL_FILE = 1 << 20
 # A truncated zip is read from its start to recover data.pkl; a data.pkl past this is not recovered.
 _TRUNCATED_HEAD_BYTES = 64 << 20
@@ -133,25 +134,31 @@ def check_file(
     loaded by torch, see the module docstring.
     """
     path = os.fspath(path)
-    status = os.stat(path)
-    if stat.S_ISDIR(status.st_mode):
-        return _check_directory(path)
-    size = status.st_size
-    if size == 0:
-        return FormatCheck(path, UNKNOWN, 0, reason="empty (0 bytes)")
-    if size <= _SMALL_FILE:
-        # A small file is read whole once, instead of in four seeks and reads.
-        data = _read_whole(path, size)
-        head = data[:_SNIFF_BYTES]
-        kind = sniff_format(head)
-        if kind == TORCH_ZIP:
-            return _check_zip(path, io.BytesIO(data), size, expected_bytes)
-    else:
-        with open(path, "rb") as handle:
-            head = handle.read(_SNIFF_BYTES)
+    descriptor, status = _open_and_stat(path)
+    try:
+        if stat.S_ISDIR(status.st_mode):
+            return _check_directory(path)
+        size = status.st_size
+        if size == 0:
+            return FormatCheck(path, UNKNOWN, 0, reason="empty (0 bytes)")
+        if descriptor < 0:
+            descriptor = os.open(path, _READ_FLAGS)
+        if size <= _SMALL_FILE:
+            # A small file is read whole once, instead of in four seeks and reads.
+            data = _read_up_to(descriptor, size)
+            head = data[:_SNIFF_BYTES]
             kind = sniff_format(head)
             if kind == TORCH_ZIP:
-                return _check_zip(path, handle, size, expected_bytes)
+                return _check_zip(path, io.BytesIO(data), size, expected_bytes)
+        else:
+            with open(descriptor, "rb", closefd=False) as handle:
+                head = handle.read(_SNIFF_BYTES)
+                kind = sniff_format(head)
+                if kind == TORCH_ZIP:
+                    return _check_zip(path, handle, size, expected_bytes)
+    finally:
+        if descriptor >= 0:
+            os.close(descriptor)
     if kind == TORCH_LEGACY:
         return _check_legacy(path, size, expected_bytes, legacy_torch_load)
     if kind == SAFETENSORS:
@@ -159,24 +166,38 @@ def check_file(
     return FormatCheck(path, UNKNOWN, size, reason=_describe_unknown(head, size))
 
 
-def _read_whole(path: str, size: int) -> bytes:
-    """Read the first ``size`` bytes of a file (fewer if it is shorter now).
+def _open_and_stat(path: str) -> tuple[int, os.stat_result]:
+    """Open ``path`` and stat it through the descriptor, which saves one path lookup per file.
 
-    This makes 3 system calls (open, read, close) where ``open()`` and two reads
-    make 10. On a 2 KiB checkpoint it took 3.9 instead of 7.1 microseconds.
+    When the open fails (a folder on Windows, a file without read permission)
+    the descriptor is -1 and the status comes from ``os.stat``, so an empty or
+    missing file is reported as before and a folder is still checked.
     """
-    descriptor = os.open(path, os.O_RDONLY | getattr(os, "O_BINARY", 0))
     try:
-        chunks = []
-        remaining = size
-        while remaining > 0:
-            chunk = os.read(descriptor, remaining)
-            if not chunk:
-                break
-            chunks.append(chunk)
-            remaining -= len(chunk)
-    finally:
+        descriptor = os.open(path, _READ_FLAGS)
+    except OSError:
+        return -1, os.stat(path)
+    try:
+        return descriptor, os.fstat(descriptor)
+    except OSError:
         os.close(descriptor)
+        raise
+
+
+def _read_up_to(descriptor: int, size: int) -> bytes:
+    """Read ``size`` bytes from the start of an open file (fewer if it is shorter now).
+
+    With the open and close this makes 4 system calls where ``open()`` and two
+    reads make 10. On a 2 KiB checkpoint it took 3.9 instead of 7.1 microseconds.
+    """
+    chunks = []
+    remaining = size
+    while remaining > 0:
+        chunk = os.read(descriptor, remaining)
+        if not chunk:
+            break
+        chunks.append(chunk)
+        remaining -= len(chunk)
     return chunks[0] if len(chunks) == 1 else b"".join(chunks)
 
 
