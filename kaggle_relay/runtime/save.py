@@ -26,6 +26,7 @@ import collections
 import datetime as _dt
 import logging
 import math
+import operator
 import os
 import re
 import secrets
@@ -263,6 +264,24 @@ def ensure_free_space(
 # --- the public functions -----------------------------------------------------------------
 
 
+def whole_number(field: str, value: Any) -> int | None:
+    """Return ``value`` as a Python int (NumPy and torch integers included) before anything is written.
+
+    The manifest is JSON, so a NumPy integer found only when it is written
+    would leave a saved checkpoint that the manifest does not list.
+    """
+    if value is None:
+        return None
+    if isinstance(value, bool):
+        raise ConfigError(f"{field} must be a whole number, not {value!r}", field=field)
+    try:
+        return operator.index(value)
+    except TypeError:
+        if hasattr(value, "item") and float(value.item()).is_integer():
+            return int(value.item())
+        raise ConfigError(f"{field} must be a whole number, not {value!r}", field=field) from None
+
+
 def save_checkpoint(
     obj: Any,
     name: str,
@@ -300,6 +319,7 @@ def save_checkpoint(
         prune.retention_policies(keep, metric, mode)  # validates metric and mode before any write
     target = target_folder / name
     clean_metrics = python_metrics(metrics)
+    epoch, step = whole_number("epoch", epoch), whole_number("step", step)
 
     if compact:
         obj = compact_state(obj, dtype=compact)
