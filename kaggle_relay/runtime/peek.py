@@ -17,14 +17,13 @@ bytes behind each tensor are present.
 from __future__ import annotations
 
 import collections
-import contextlib
 import gc
 import io
 import pickle
 import pickletools
 import struct
 import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from types import FunctionType
 from typing import Any, NamedTuple
@@ -237,7 +236,13 @@ def peek_pickle(data: Any, *, start: int = 0, persistent_load: PersistentLoad | 
     A whole protocol 2 pickle (what ``torch.save`` writes) is first read by
     the fast path, see ``_peek_fast``.
     """
-    with _gc_paused():
+    # A read builds thousands of small objects that all stay alive. In a process
+    # that imported torch (about 170,000 tracked objects) the collections this
+    # triggers tripled the median time of validating a 256-tensor checkpoint.
+    # The pause is inline because a context manager cost 1 of the 9 microseconds of a 320-byte read.
+    gc_enabled = gc.isenabled()
+    gc.disable()
+    try:
         if start == 0 and isinstance(data, bytes) and data[:2] == b"\x80\x02":
             try:
                 return _peek_fast(data, persistent_load or _zip_storage)
@@ -245,6 +250,9 @@ def peek_pickle(data: Any, *, start: int = 0, persistent_load: PersistentLoad | 
                 pass
         reader = _Interpreter(data, start, persistent_load)
         root = reader.run()
+    finally:
+        if gc_enabled:
+            gc.enable()
     return PeekResult(
         root=root,
         globals=list(reader.globals),
@@ -254,20 +262,6 @@ def peek_pickle(data: Any, *, start: int = 0, persistent_load: PersistentLoad | 
         protocol=reader.protocol,
         end=reader.pos,
     )
-
-
-@contextlib.contextmanager
-def _gc_paused() -> Iterator[None]:
-    # A read builds thousands of small objects that all stay alive. In a process
-    # that imported torch (about 170,000 tracked objects) the collections this
-    # triggers tripled the median time of validating a 256-tensor checkpoint.
-    enabled = gc.isenabled()
-    gc.disable()
-    try:
-        yield
-    finally:
-        if enabled:
-            gc.enable()
 
 
 _OP = {name: ord(code) for name, code in (
