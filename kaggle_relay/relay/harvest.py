@@ -35,6 +35,7 @@ log = logging.getLogger(__name__)
 
 # Lines a session killed at its time limit leaves in its log (Kaggle and the emulator).
 _TIMEOUT_LINE = re.compile(r"time ?limit|timed? ?out|timeout|exceeded the maximum", re.IGNORECASE)
+_LOG_TAIL = 2000
 
 
 def download_folder(context: Context, run: Run) -> Path:
@@ -251,7 +252,13 @@ def classify_end(status: str, failure_message: str, log_text: str) -> str:
     """Name how a version ended: ``complete``, ``error``, ``time_limit`` or ``cancelled``.
 
     Kaggle has been seen to end a session killed at its time limit as
-    CANCEL_ACKNOWLEDGED with an empty failure message and a timeout line in the log.
+    CANCEL_ACKNOWLEDGED with an empty failure message and a timeout line at
+    the end of the log. Only the log's tail is read, so a training script
+    that prints "timeout=30" earlier is not mistaken for a kill.
+
+    NOTE: a user's cancel whose own last lines mention a timeout still reads
+    as a time-limit kill. The run's duration cannot tell them apart here,
+    because a rehearsal's emulator enforces a shorter limit than the chain's.
     """
     normalized = status.lower().replace("_", "")
     if normalized.endswith("complete"):
@@ -259,7 +266,7 @@ def classify_end(status: str, failure_message: str, log_text: str) -> str:
     if normalized.endswith("error"):
         return "error"
     if "cancel" in normalized:
-        if not failure_message.strip() and _TIMEOUT_LINE.search(log_text):
+        if not failure_message.strip() and _TIMEOUT_LINE.search(log_text[-_LOG_TAIL:]):
             return "time_limit"
         return "cancelled"
     return normalized

@@ -47,6 +47,13 @@ def test_classify_end(status: str, message: str, log: str, expected: str) -> Non
     assert classify_end(status, message, log) == expected
 
 
+def test_classify_end_reads_only_log_tail() -> None:
+    log = "training with timeout=30 for the data loader\n" + "epoch done\n" * 500
+
+    assert classify_end("cancel_acknowledged", "", log) == "cancelled"
+    assert classify_end("cancel_acknowledged", "", log + TIMEOUT_LOG) == "time_limit"
+
+
 # --- examine: real checkpoint files, no Kaggle ------------------------------------------------
 
 
