@@ -66,10 +66,16 @@ class AcceleratorReport:
 
     def describe(self) -> str:
         if not self.names:
-            return f"CPU only ({self.framework})" if self.kind == "cpu" else f"no {self.kind} device ({self.framework})"
+            return (
+                f"CPU only ({self.framework})"
+                if self.kind == "cpu"
+                else f"no {self.kind} device ({self.framework})"
+            )
         if self.capabilities:
             pairs = zip(self.names, self.capabilities, strict=True)
-            devices = ", ".join(f"{name} (capability {major}.{minor})" for name, (major, minor) in pairs)
+            devices = ", ".join(
+                f"{name} (capability {major}.{minor})" for name, (major, minor) in pairs
+            )
         else:
             devices = ", ".join(self.names)
         return f"{self.count} x {self.kind}: {devices} ({self.framework})"
@@ -103,7 +109,9 @@ def inspect_cuda(expected: str) -> AcceleratorReport:
     """Return the CUDA devices torch reports. Imports torch."""
     import torch
 
-    report = AcceleratorReport(expected=expected, kind="cuda", framework=f"torch {torch.__version__}")
+    report = AcceleratorReport(
+        expected=expected, kind="cuda", framework=f"torch {torch.__version__}"
+    )
     if not torch.cuda.is_available():
         report.kind = "cpu"
         return report
@@ -158,9 +166,13 @@ def _check_first_cuda_call(report: AcceleratorReport) -> None:
     try:
         value = (torch.ones(1, device="cuda") + 1).item()
     except RuntimeError as exc:
-        raise AcceleratorMismatchError(report.expected, f"{report.describe()}, first CUDA call failed: {exc}") from exc
+        raise AcceleratorMismatchError(
+            report.expected, f"{report.describe()}, first CUDA call failed: {exc}"
+        ) from exc
     if value != 2.0:
-        raise AcceleratorMismatchError(report.expected, f"{report.describe()}, first CUDA call returned {value}")
+        raise AcceleratorMismatchError(
+            report.expected, f"{report.describe()}, first CUDA call returned {value}"
+        )
 
 
 def _check_tpu(expected: str) -> AcceleratorReport:
