@@ -87,3 +87,19 @@ def test_same_slug_two_owners_told_apart(kaggle_root: Path) -> None:
         assert handoff is not None
         assert handoff["dataset"] == dataset
         assert handoff["run_id"] == f"run-{dataset.split('/')[0]}"
+
+
+def test_names_with_affixes_follows_endswith_and_startswith() -> None:
+    names = [
+        "a.pt", ".pt", "a.pt.bak", "b.ptx", "c.pth", "checkpoint-", "checkpoint-1.pt",
+        "xcheckpoint-2", "model.safetensors", "données.pt", "sample.png", "pt", "",
+    ]  # fmt: skip
+    affix_sets = [
+        ((".pt", ".pth", ".safetensors"), ("checkpoint-",)),
+        ((".pt",), ()),
+        ((), ("checkpoint-",)),
+        (("",), ()),  # the pattern "*" matches every name
+    ]
+    for suffixes, prefixes in affix_sets:
+        expected = {name for name in names if name.endswith(suffixes) or name.startswith(prefixes)}
+        assert discover.names_with_affixes(names, suffixes, prefixes) == expected, (suffixes, prefixes)
