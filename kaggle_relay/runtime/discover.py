@@ -206,8 +206,8 @@ def iter_candidates(
 
 
 def _walk(folder: str, relative: str, matcher: PatternSet, depth_left: int) -> Iterator[str]:
-    # One pass per folder with the cheapest test first: most entries are files
-    # that match no pattern. Only matches and subfolders are sorted.
+    # One pass per folder collects file names and subfolders. The names are matched
+    # together afterwards, because most match no pattern. Only matches and subfolders are sorted.
     matches: list[str] = []
     file_names: list[str] = []
     subfolders: list[tuple[str, str]] = []

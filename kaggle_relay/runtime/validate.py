@@ -377,7 +377,7 @@ def manifest_for(folder: str, cache: dict[str, tuple[Manifest | None, str]]) -> 
     """Read the manifest of ``folder`` once per scan; returns (manifest or None, problem)."""
     if folder not in cache:
         if not os.path.exists(os.path.join(folder, MANIFEST_NAME)):
-            # One stat, where load_manifest of a missing file raises and catches FileNotFoundError.
+            # A missing manifest costs one stat here. load_manifest would raise and catch FileNotFoundError.
             cache[folder] = (None, "")
             return cache[folder]
         try:
