@@ -27,6 +27,7 @@ import io
 import json
 import logging
 import mmap
+import operator
 import os
 import re
 import stat
@@ -320,15 +321,29 @@ def _count_overruns(tensors: list[TensorRef]) -> int:
     for dtype, shape, storage, offset, stride, _parameter in tensors:
         if storage is None:
             continue
-        extent = 1
-        for length, step in zip(shape, stride, strict=False):
-            if length == 0:
-                break  # an empty tensor reaches no byte
-            extent += (length - 1) * step
+        if len(shape) == len(stride) and 0 not in shape:
+            # 1 + sum((size - 1) * step), with the sums done in C.
+            reach = offset + 1 + sum(map(operator.mul, shape, stride)) - sum(stride)
         else:
-            if (offset + extent) * itemsize(dtype, 1) > storage.numel * itemsize(storage.dtype, 1):
-                count += 1
+            extent = _extent(shape, stride)
+            if extent is None:
+                continue  # an empty tensor reaches no byte
+            reach = offset + extent
+        if dtype == storage.dtype:
+            count += reach > storage.numel
+        else:
+            count += reach * itemsize(dtype, 1) > storage.numel * itemsize(storage.dtype, 1)
     return count
+
+
+def _extent(shape: tuple[int, ...], stride: tuple[int, ...]) -> int | None:
+    """Return how many elements a view spans from its first one, or None when a paired size is 0."""
+    extent = 1
+    for length, step in zip(shape, stride, strict=False):
+        if length == 0:
+            return None
+        extent += (length - 1) * step
+    return extent
 
 
 def _check_cut_zip(path: str, size: int, expected: int | None) -> FormatCheck:

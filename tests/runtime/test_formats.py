@@ -349,6 +349,8 @@ def test_overrun_count_follows_storage_bytes_needed() -> None:
         ((3,), (-1,), 2),  # negative stride
         ((2,), (-1,), 13),  # extent 0 with an offset past the end
         ((6, 2), (2,), 0),  # stride shorter than shape
+        ((2, 5), (-1,), 13),  # the same, spanning 0 elements from an offset past the end
+        ((6, 0), (2,), 0),  # a size of 0 without a stride is not paired
     ]
     for shape, stride, offset in cases:
         tensor = TensorRef("float32", shape, storage, offset, stride)
