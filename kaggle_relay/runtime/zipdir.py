@@ -121,14 +121,15 @@ def _parse_records(directory: bytes, count: int) -> tuple[dict[str, ZipEntry], i
     unpack_record = _CENTRAL_RECORD.unpack_from
     position = 0
     for _ in range(count):
-        if not directory.startswith(_CENTRAL, position):
-            raise zipfile.BadZipFile(f"bad central directory record at offset {position}")
-        (_, method, crc, compressed, uncompressed, name_length, extra_length, comment_length, offset) = unpack_record(
-            directory, position
+        # A record cut short raises struct.error, which _parse_entries reports.
+        (signature, method, crc, compressed, uncompressed, name_length, extra_length, comment_length, offset) = (
+            unpack_record(directory, position)
         )
+        if signature != _CENTRAL:
+            raise zipfile.BadZipFile(f"bad central directory record at offset {position}")
         name_start = position + _CENTRAL_SIZE
         extra_start = name_start + name_length
-        name = directory[name_start:extra_start].decode("utf-8", "replace")
+        name = str(directory[name_start:extra_start], "utf-8", "replace")
         if compressed == _FULL32 or uncompressed == _FULL32 or offset == _FULL32:
             extra = directory[extra_start : extra_start + extra_length]
             uncompressed, compressed, offset = _zip64_sizes(extra, uncompressed, compressed, offset)
