@@ -185,14 +185,16 @@ def _describe_tree(candidate: Candidate, check: formats.FormatCheck) -> None:
 
 
 def _key_prefix(state: Mapping[str, Any]) -> str:
-    # Most state dicts carry no wrapper prefix at all, which one pass over the keys shows.
-    if not any(key.startswith(keys.WRAPPER_PREFIXES) for key in state):
+    # Most state dicts carry no wrapper prefix at all. Searching the keys joined by NUL
+    # shows that in one str.find per prefix, instead of a startswith per key.
+    joined = "\0" + "\0".join(state)
+    if not any("\0" + prefix in joined for prefix in keys.WRAPPER_PREFIXES):
         return ""
     return str(keys.detect_key_prefix(state.keys()))
 
 
-def _is_tensor(value: Any) -> bool:
-    return isinstance(value, TensorRef)
+# isinstance(value, TensorRef), as a C-level callable: find_model_state calls it once per tensor.
+_is_tensor = TensorRef.__instancecheck__
 
 
 def _number(value: Any) -> float | None:
