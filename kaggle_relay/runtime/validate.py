@@ -108,10 +108,7 @@ def validate_checkpoint(
     path = os.fspath(path)
     manifest_problem = ""
     if manifest_entry is None:
-        try:
-            manifest = load_manifest(os.path.dirname(path) or ".")
-        except ManifestError as exc:
-            manifest, manifest_problem = None, str(exc)
+        manifest, manifest_problem = manifest_for(os.path.dirname(path) or ".", {})
         manifest_entry = manifest.entry(os.path.basename(path)) if manifest else None
     return validate_with(
         path,
