@@ -32,7 +32,8 @@ pytestmark = pytest.mark.slow
 def test_chain_runs_three_sessions_to_done(
     tmp_path: Path, _isolated_kaggle_config: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    # 16 s sessions hold about 5 epochs of 2 s after start-up, so 12 epochs need 3 sessions or more.
+    # A 16 s session holds at most 8 epochs of 2 s, so 12 epochs need two sessions or more:
+    # at least one resume, whatever the machine's speed (a quiet machine fits 6 or 7 a session).
     project = write_project(tmp_path / "project", epochs=12, epoch_seconds=2.0)
     emulator: Any = start_emulator(tmp_path / "emulator", _isolated_kaggle_config, monkeypatch, session_limit=16.0)
     try:
@@ -43,7 +44,7 @@ def test_chain_runs_three_sessions_to_done(
         emulator.stop()
 
     assert outcome.state == "done", ledger.data.model_dump_json(indent=1)
-    assert ledger.days >= 3
+    assert ledger.days >= 2
     handoff = ledger.data.handoff
     assert handoff is not None and handoff.checkpoint is not None
     assert handoff.checkpoint.epoch == 11
