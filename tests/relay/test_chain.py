@@ -29,7 +29,7 @@ __all__ = ["short_emulator"]
 pytestmark = pytest.mark.slow
 
 
-def test_chain_runs_three_sessions_to_done(
+def test_chain_resumes_across_sessions_to_done(
     tmp_path: Path, _isolated_kaggle_config: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     # A 16 s session holds at most 8 epochs of 2 s, so 12 epochs need two sessions or more:
