@@ -298,9 +298,8 @@ def wait_for_temporary(folder: Path, timeout: float = 60.0) -> Path:
     raise AssertionError(f"no temporary file appeared in {folder}")
 
 
-@pytest.mark.slow
-def test_killed_save_keeps_previous_checkpoint(kaggle_root: Path) -> None:
-    folder = kaggle_root / "working" / "checkpoints"
+def kill_during_second_save(folder: Path) -> None:
+    """Run KILLED_SAVE_SCRIPT and SIGKILL it while its second checkpoint is half written."""
     with subprocess.Popen(
         [sys.executable, "-c", KILLED_SAVE_SCRIPT, str(folder)], stdout=subprocess.PIPE, text=True
     ) as process:
@@ -309,6 +308,12 @@ def test_killed_save_keeps_previous_checkpoint(kaggle_root: Path) -> None:
         wait_for_temporary(folder)
         os.kill(process.pid, signal.SIGKILL)
         process.wait(timeout=30)
+
+
+@pytest.mark.slow
+def test_killed_save_keeps_previous_checkpoint(kaggle_root: Path) -> None:
+    folder = kaggle_root / "working" / "checkpoints"
+    kill_during_second_save(folder)
 
     leftovers = list(folder.glob(f"{TEMP_PREFIX}*"))
     assert leftovers, "the kill should have left the unfinished temporary file"

@@ -3,10 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
-import signal
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -18,7 +14,7 @@ from kaggle_relay.runtime.manifest import load_manifest
 from kaggle_relay.runtime.save import save_checkpoint
 from kaggle_relay.runtime.session import start_session
 from kaggle_relay.runtime.state import capture_training_state
-from tests.runtime.test_save import KILLED_SAVE_SCRIPT, snapshot, wait_for_temporary
+from tests.runtime.test_save import kill_during_second_save, snapshot
 
 
 @pytest.fixture(autouse=True)
@@ -115,14 +111,7 @@ def test_session_picks_latest_valid_of_corrupt_files(kaggle_root: Path) -> None:
 @pytest.mark.slow
 def test_session_after_killed_save_resumes_previous(kaggle_root: Path) -> None:
     folder = kaggle_root / "working" / "checkpoints"
-    with subprocess.Popen(
-        [sys.executable, "-c", KILLED_SAVE_SCRIPT, str(folder)], stdout=subprocess.PIPE, text=True
-    ) as process:
-        assert process.stdout is not None
-        assert process.stdout.readline().strip() == "first saved"
-        wait_for_temporary(folder)
-        os.kill(process.pid, signal.SIGKILL)
-        process.wait(timeout=30)
+    kill_during_second_save(folder)
     assert list(folder.glob(f"{TEMP_PREFIX}*"))
 
     session = start_session(patterns=["ckpt-*.pt"], report=False)
