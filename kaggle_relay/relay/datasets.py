@@ -37,7 +37,7 @@ from kaggle_relay.errors import (
     WaitTimeoutError,
 )
 from kaggle_relay.relay import client, retry
-from kaggle_relay.relay.refs import SLUG_PATTERN, DatasetRef
+from kaggle_relay.relay.refs import SLUG_PATTERN, DatasetRef, wire_enum_name
 from kaggle_relay.runtime import atomic
 
 if TYPE_CHECKING:
@@ -71,9 +71,7 @@ class DatasetStatus(str, Enum):
     @classmethod
     def parse(cls, value: object) -> DatasetStatus:
         """Read a status as the kagglesdk enum, ``"READY"``, ``"ready"`` or with a type prefix."""
-        name = getattr(value, "name", None) if isinstance(value, Enum) else None
-        text = str(name or value).strip().upper().rsplit(".", 1)[-1]
-        text = text.removeprefix("DATABUNDLE_VERSION_STATUS_")
+        text = wire_enum_name(value, "DATABUNDLE_VERSION_STATUS_")
         if not text:
             # An absent status reads back as the enum's zero value.
             return cls.NOT_YET_PERSISTED
@@ -337,16 +335,15 @@ def _create_dataset(
     api: KaggleApi, ref: DatasetRef, folder: Path, marker: str, *, private: bool, progress: bool,
     sleep: Callable[[float], None],
 ) -> DatasetRef:
-    for attempt in retry.retrying("create", what=f"CreateDataset {ref.id}", sleep=sleep):
-        with attempt:
-            if attempt.retry_state.attempt_number > 1:
-                found = find_version_by_notes(api, ref, marker)
-                if found is not None:
-                    return ref.with_version(found.number)
-            client.call(
-                "CreateDataset", api.dataset_create_new, str(folder),
-                public=not private, quiet=not progress, dir_mode="zip", resource=ref.id,
-            )
+    def send() -> None:
+        client.call(
+            "CreateDataset", api.dataset_create_new, str(folder),
+            public=not private, quiet=not progress, dir_mode="zip", resource=ref.id,
+        )
+
+    found = _create_unless_found(api, ref, marker, "CreateDataset", send, sleep)
+    if found is not None:
+        return found
     log.info("created dataset %s", ref.id)
     return ref.with_version(1)
 
@@ -383,17 +380,36 @@ def _send_version(
     sleep: Callable[[float], None],
 ) -> DatasetRef:
     before = latest_version(api, ref)
-    for attempt in retry.retrying("create", what=f"CreateDatasetVersion {ref.id}", sleep=sleep):
+
+    def send() -> None:
+        client.call(
+            "CreateDatasetVersion", api.dataset_create_version, str(folder), notes,
+            quiet=not progress, dir_mode="zip", resource=ref.id, forbidden_means_processing=True,
+        )
+
+    found = _create_unless_found(api, ref, marker, "CreateDatasetVersion", send, sleep)
+    if found is not None:
+        return found
+    return _created_version(api, ref, marker, before)
+
+
+def _create_unless_found(
+    api: KaggleApi, ref: DatasetRef, marker: str, call: str, send: Callable[[], None],
+    sleep: Callable[[float], None],
+) -> DatasetRef | None:
+    """Run ``send`` under the create retry policy; return the version a failed attempt made, if any.
+
+    Before each retry the version is looked up by ``marker`` in its notes,
+    because a create that timed out on our side may still have gone through.
+    """
+    for attempt in retry.retrying("create", what=f"{call} {ref.id}", sleep=sleep):
         with attempt:
             if attempt.retry_state.attempt_number > 1:
                 found = find_version_by_notes(api, ref, marker)
                 if found is not None:
                     return ref.with_version(found.number)
-            client.call(
-                "CreateDatasetVersion", api.dataset_create_version, str(folder), notes,
-                quiet=not progress, dir_mode="zip", resource=ref.id, forbidden_means_processing=True,
-            )
-    return _created_version(api, ref, marker, before)
+            send()
+    return None
 
 
 def _created_version(api: KaggleApi, ref: DatasetRef, marker: str, before: DatasetVersion | None) -> DatasetRef:

@@ -30,7 +30,7 @@ from kaggle_relay.errors import (
 from kaggle_relay.relay import client, retry
 from kaggle_relay.relay.kernel_metadata import METADATA_NAME, validate_kernel_metadata
 from kaggle_relay.relay.outputs import Outputs, download_outputs
-from kaggle_relay.relay.refs import KernelRef
+from kaggle_relay.relay.refs import KernelRef, wire_enum_name
 from kaggle_relay.runtime import atomic
 
 if TYPE_CHECKING:
@@ -80,9 +80,7 @@ class KernelStatus(str, Enum):
         Accepts the kagglesdk enum, ``"COMPLETE"``, ``"complete"``,
         ``"KERNEL_WORKER_STATUS_COMPLETE"`` and ``"KernelWorkerStatus.COMPLETE"``.
         """
-        name = getattr(value, "name", None) if isinstance(value, Enum) else None
-        text = str(name or value).strip().upper()
-        text = text.rsplit(".", 1)[-1].removeprefix("KERNEL_WORKER_STATUS_")
+        text = wire_enum_name(value, "KERNEL_WORKER_STATUS_")
         try:
             return cls[text]
         except KeyError:

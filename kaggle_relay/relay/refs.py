@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass, replace
+from enum import Enum
 from typing import ClassVar, TypeVar
 
 from kaggle_relay.errors import ConfigError
@@ -107,3 +108,14 @@ class DatasetRef(_VersionedRef):
     """A dataset, optionally one of its versions."""
 
     kind: ClassVar[str] = "dataset"
+
+
+def wire_enum_name(value: object, prefix: str) -> str:
+    """Return the member name of a Kaggle enum value in any spelling the client returns.
+
+    Accepts the kagglesdk enum, ``"READY"``, ``"ready"``, ``"<TYPE>.READY"`` and
+    the name with its type prefix (``prefix``, such as ``"KERNEL_WORKER_STATUS_"``).
+    """
+    name = getattr(value, "name", None) if isinstance(value, Enum) else None
+    text = str(name or value).strip().upper().rsplit(".", 1)[-1]
+    return text.removeprefix(prefix)
