@@ -1,10 +1,10 @@
 """Run every ``bench/bench_*.py`` benchmark, each in a new process, then delete the 1 GiB file.
 
 Each benchmark gets a process of its own because one leaves the allocator
-warm for the next: after bench_save frees a gigabyte of tensors, a full
+warm for the next. After bench_save frees a gigabyte of tensors, a full
 ``torch.load`` in the same process reuses that memory without page faults
-and runs 5 to 10 times faster than in a new process, which skews every
-ratio against it. Inside a benchmark, baseline and subject still run in one
+and ran 5 to 10 times faster than in a new process in our runs, which skews
+every ratio against it. Inside a benchmark, baseline and subject still run in one
 process, interleaved round by round.
 
 Each ``main()`` prints its own table and returns its targets; this script

@@ -1,9 +1,8 @@
 """The kernels service: SaveKernel, GetKernelSessionStatus, ListKernelSessionOutput, GetKernel.
 
 A push (SaveKernel) creates version N+1 of ``owner/slug`` and starts it at
-once, unless a version of the same kernel is still QUEUED or RUNNING: then
-the push is rejected with an ``error`` in the response and no version is
-made. A new kernel whose title does not slug to the requested id is
+once. While a version of the same kernel is still QUEUED or RUNNING, the
+push is rejected with an ``error`` in the response and no version is made. A new kernel whose title does not slug to the requested id is
 created under the title's slug, as Kaggle does (the response's ``ref``
 shows it). Dataset and kernel sources that do not exist are returned in
 ``invalidDatasetSources`` / ``invalidKernelSources`` and left out of the

@@ -6,7 +6,7 @@ at least 5. The server checks them again because other clients (and
 ``id_no`` pushes) skip the client's checks.
 
 NOTE: the licence names, machine shapes and the slug character set are the
-publicly documented values, not read from a Kaggle server; a name missing
+publicly documented values, not read from a Kaggle server. So a name missing
 here is rejected by the emulator even if Kaggle accepts it.
 """
 

@@ -8,7 +8,7 @@ endpoint.
 
 ``call`` runs one KaggleApi method and turns every way it can fail into the
 typed errors of ``kaggle_relay.errors``: HTTP status codes, JSON bodies with
-``"code" >= 400``, 200 answers that carry an ``error`` field, dropped
+``"code" >= 400``, 200 responses that carry an ``error`` field, dropped
 connections and timeouts. Nothing else in the relay reads a status code.
 
 Known gap: the client uploads dataset files through its own

@@ -38,11 +38,11 @@ MASK = "****"
 
 @dataclass(frozen=True)
 class Credentials:
-    """Where the credentials are and whose they are; never the secret itself."""
+    """The location and owner of the credentials, never the secret itself."""
 
     kind: Literal["token", "key", "oauth"]
     source: str
-    #: Empty for a bare token: only the server knows whose it is.
+    #: Empty for a bare token, because only the server can map it to a user.
     username: str = ""
     #: An access-token file the client does not look for by itself.
     token_file: str = ""
@@ -130,7 +130,7 @@ def _read_kaggle_json(path: Path) -> dict[str, object]:
     try:
         data = json.loads(path.read_text(encoding="utf-8") or "{}")
     except (OSError, ValueError) as exc:
-        # The client ignores an unreadable kaggle.json without a word; say which file is wrong.
+        # The client silently ignores an unreadable kaggle.json, so name the invalid file here.
         raise CredentialsError(
             f"{path} is not readable JSON ({type(exc).__name__})",
             hint='write {"username": "...", "key": "..."} into it, or remove it',

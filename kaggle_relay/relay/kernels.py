@@ -3,9 +3,9 @@
 Every status read and download is tied to a version number: right after a
 push, Kaggle may still respond for the previous version, so a reference
 without a version is rejected. A push is never retried after a failure that
-may have reached Kaggle (each push may start a session); ``push_kernel``
-also refuses to push while the kernel's latest version is queued or running,
-because the API has no call to cancel it.
+may have reached Kaggle, because each push may start a session.
+``push_kernel`` also rejects a push while the kernel's latest version is
+queued or running, because the API has no call to cancel it.
 """
 
 from __future__ import annotations

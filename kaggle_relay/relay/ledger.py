@@ -5,8 +5,8 @@ with ``.relay/<chain>.lock`` (held while a process advances the chain) and
 ``.relay/<chain>.log`` (the log of every tick). Each change rewrites the
 whole file atomically, so a reader sees the previous or the next record,
 never a torn one. A step is journalled as ``begin`` before it touches Kaggle
-and as ``end`` after; a ``begin`` without its ``end`` shows the next run
-that a crash happened inside that step and what it must check on Kaggle.
+and as ``end`` after. A ``begin`` without its ``end`` tells the next run
+that a crash happened inside that step, so it checks Kaggle before going on.
 
 Schema version 1, a sample::
 

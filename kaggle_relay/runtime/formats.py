@@ -368,7 +368,12 @@ def _check_cut_zip(path: str, size: int, expected: int | None) -> FormatCheck:
         return result
     result.tree, result.blocked = found.root, list(found.blocked)
     least = found.end + sum(storage.nbytes for storage in found.storages.values())
-    total = expected if expected is not None else (least if least > size else None)
+    if expected is not None:
+        total: int | None = expected
+    elif least > size:
+        total = least
+    else:
+        total = None
     qualifier = "" if expected is not None or total is None else "at least "
     detail = "the zip directory at the end is missing"
     result.reason = (

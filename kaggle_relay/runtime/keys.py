@@ -1,7 +1,7 @@
 """Wrapper prefixes on state dict keys: ``module.`` (DataParallel, DistributedDataParallel) and
 ``_orig_mod.`` (torch.compile), nested in either order.
 
-A prefix counts only when every key carries it; a state dict where some
+A prefix counts only when every key carries it. A state dict where some
 keys carry a wrapper prefix and others do not is reported as a mismatch and
 never stripped. Works on plain dicts, so torch is not imported.
 """
@@ -103,7 +103,7 @@ def find_model_state(tree: Any, is_tensor: Any) -> tuple[str, Mapping[str, Any]]
     """Locate the model weights in a checkpoint tree: the tree itself, or one of ``MODEL_STATE_NAMES``.
 
     Returns (where, state dict) with ``where`` "" for the top level. ``is_tensor``
-    tells a tensor (or placeholder) from other values.
+    returns whether a value is a tensor (or a placeholder for one).
     """
     if _is_state_dict(tree, is_tensor):
         return "", tree

@@ -32,7 +32,7 @@ pytestmark = pytest.mark.slow
 def test_chain_resumes_across_sessions_to_done(
     tmp_path: Path, _isolated_kaggle_config: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    # A 16 s session holds at most 8 epochs of 2 s, so 12 epochs need two sessions or more:
+    # A 16 s session fits at most 8 epochs of 2 s, so 12 epochs need two sessions or more:
     # at least one resume, whatever the machine's speed (a quiet machine fits 6 or 7 a session).
     project = write_project(tmp_path / "project", epochs=12, epoch_seconds=2.0)
     emulator: Any = start_emulator(tmp_path / "emulator", _isolated_kaggle_config, monkeypatch, session_limit=16.0)

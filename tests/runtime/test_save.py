@@ -281,7 +281,7 @@ KILLED_SAVE_SCRIPT = textwrap.dedent(
     folder = sys.argv[1]
     save_checkpoint({"model": {"w": torch.ones(4)}}, "ckpt-step10.pt", folder=folder, step=10)
     print("first saved", flush=True)
-    # 400 MB take long enough to write that the test sees the temporary file and kills the process mid-save.
+    # Writing 400 MB takes long enough for the test to find the temporary file and kill the process mid-save.
     save_checkpoint({"model": {"w": torch.zeros(100 * 1024 * 1024)}}, "ckpt-step20.pt", folder=folder, step=20)
     print("second saved", flush=True)
     """

@@ -290,7 +290,7 @@ def test_scheduler_of_other_class_is_rejected_under_keep_saved(tmp_path: Path) -
 
 
 NO_SAVED_SCHEDULER_CASES = [
-    # (policy, first lr after resume): nothing saved tells where the configured schedule would be.
+    # (policy, first lr after resume): nothing saved records where the configured schedule would be.
     ("keep_saved", 0.1),
     ("override", 0.01),
     ("weights_only", 0.01),
