@@ -22,7 +22,9 @@ poll a running one, harvest a finished one, validate and publish its
 checkpoint, wait (bounded) for the dataset version to be READY, and push
 again. Without --wait it never blocks for hours, so cron can run it every
 hour; a chain another process is advancing is skipped. Progress goes to
-stderr and to .relay/<chain>.log; the result goes to stdout.
+stderr and to .relay/<chain>.log; the result goes to stdout. With --json,
+each chain's "timings" gives the seconds this run spent in each step
+(push, poll, harvest, publish, ready).
 
 {exitcodes.HELP}"""
 
@@ -82,8 +84,9 @@ def _advance_one(chains: Any, chain: Any, config: Any, *, wait: bool) -> dict[st
         code = exitcodes.NEEDS_ATTENTION
     else:
         code = exitcodes.IN_PROGRESS
+    timings = {step: round(seconds, 3) for step, seconds in outcome.timings.items()}
     return {"name": chain.name, "state": outcome.state, "code": code, "blocked": outcome.blocked,
-            "messages": outcome.messages}
+            "messages": outcome.messages, "timings": timings}
 
 
 def _record_error(chain: Any, error: RelayError) -> None:

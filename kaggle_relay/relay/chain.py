@@ -27,11 +27,12 @@ already happened instead of repeating it:
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import logging
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -79,12 +80,18 @@ HOOK_POINTS = ("push", "pushed", "poll", "harvest", "publish", "published", "rea
 
 @dataclass
 class Outcome:
-    """The result of one ``advance`` call: final state, blocking reason and progress messages."""
+    """The result of one ``advance`` call: final state, blocking reason, progress messages and step timings."""
 
     chain: str
     state: str
     blocked: str = ""
     messages: list[str] = field(default_factory=list)
+    timings: dict[str, float] = field(default_factory=dict)
+    """Wall-clock seconds spent in each step during this call (push, poll, harvest, publish, ready).
+
+    A step that ran more than once (``wait`` polls) is summed. ``publish`` includes
+    validating, staging, uploading, waiting for READY and checking the file list.
+    """
 
     @property
     def needs_attention(self) -> bool:
@@ -123,6 +130,16 @@ class Context:
 
     def step(self, name: str) -> None:
         self.hook(name)
+
+    @contextlib.contextmanager
+    def timed(self, name: str) -> Iterator[None]:
+        """Add the wall-clock time of the block to ``outcome.timings[name]``, also when it raises."""
+        start = time.perf_counter()
+        try:
+            yield
+        finally:
+            elapsed = time.perf_counter() - start
+            self.outcome.timings[name] = self.outcome.timings.get(name, 0.0) + elapsed
 
 
 def kernel_id(chain: ChainConfig) -> str:
@@ -216,17 +233,18 @@ def _push(context: Context) -> bool:
             return False
         run = _unpushed_run(ledger) or _new_run(context)
 
-    folder = work_dir(context.state_dir, chain.name) / "runs" / run.run_id / "push"
-    metadata = build_push_folder(
-        _source_folder(context),
-        folder,
-        env=_session_env(context, run),
-        handoff_dataset=chain.dataset,
-        accelerator=chain.accelerator,
-    )
-    context.step("push")
-    ledger.begin("push", run_id=run.run_id)
-    result = _call_push(context, folder, metadata)
+    with context.timed("push"):
+        folder = work_dir(context.state_dir, chain.name) / "runs" / run.run_id / "push"
+        metadata = build_push_folder(
+            _source_folder(context),
+            folder,
+            env=_session_env(context, run),
+            handoff_dataset=chain.dataset,
+            accelerator=chain.accelerator,
+        )
+        context.step("push")
+        ledger.begin("push", run_id=run.run_id)
+        result = _call_push(context, folder, metadata)
     context.step("pushed")
     run.kernel_version = result.ref.version
     run.kernel = context.kernel.id
@@ -389,7 +407,8 @@ def _poll(context: Context) -> bool:
     assert run is not None and run.kernel_version is not None
     if not run.finished_at:
         context.step("poll")
-        state = kernels.kernel_status(context.api, context.kernel.with_version(run.kernel_version))
+        with context.timed("poll"):
+            state = kernels.kernel_status(context.api, context.kernel.with_version(run.kernel_version))
         if not state.status.is_terminal:
             if run.status != state.status.value:
                 run.status = state.status.value
@@ -405,7 +424,8 @@ def _poll(context: Context) -> bool:
 
     context.step("harvest")
     context.ledger.begin("harvest", run_id=run.run_id)
-    found = harvesting.harvest(context, run)
+    with context.timed("harvest"):
+        found = harvesting.harvest(context, run)
     context.ledger.end("harvest", run_id=run.run_id, outcome=run.outcome)
     _after_harvest(context, run, found)
     return True
@@ -457,7 +477,8 @@ def _publish(context: Context) -> bool:
     context.step("publish")
     ledger.begin("publish", run_id=run.run_id, marker=marker)
     try:
-        result = _publish_checkpoint(context, run, marker)
+        with context.timed("publish"):
+            result = _publish_checkpoint(context, run, marker)
     except WaitTimeoutError:
         # The version exists but is still processing; the next tick finds it by its notes.
         found = datasets.find_version_by_notes(context.api, context.dataset, marker)
@@ -541,17 +562,19 @@ def _wait_ready(context: Context) -> bool:
     ref = context.dataset.with_version(run.published.version)
     context.step("ready")
     try:
-        datasets.wait_for_ready(
-            context.api, ref, timeout=context.chain.wait.dataset_ready_seconds,
-            interval=min(10.0, context.chain.wait.poll_seconds), sleep=context.sleep,
-        )
+        with context.timed("ready"):
+            datasets.wait_for_ready(
+                context.api, ref, timeout=context.chain.wait.dataset_ready_seconds,
+                interval=min(10.0, context.chain.wait.poll_seconds), sleep=context.sleep,
+            )
     except WaitTimeoutError:
         context.say("dataset %s is still processing", ref)
         return False
     except DatasetVersionFailedError as error:
         _after_failed_version(context, run, error.version)
         return True
-    harvesting.verify_published(context, run, ref)
+    with context.timed("ready"):
+        harvesting.verify_published(context, run, ref)
     _finish_handoff(context, run, verified=True)
     return True
 
