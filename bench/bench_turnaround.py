@@ -118,6 +118,7 @@ def print_rows(medians: dict[str, float], targets: list[Target]) -> None:
     total = medians["turnaround (whole tick)"]
     width = max(len(name) for name in medians)
     print(f"\n== turnaround from complete to the next push, {MEBIBYTES} MiB checkpoint (median of {REPETITIONS})")
+    print("  (each row is its own median, so the rows add up to the total only within one repetition)")
     for name, seconds in medians.items():
         share = "" if name in ("turnaround (whole tick)", "plain GET + PUT") else f"{100 * seconds / total:6.1f} %"
         print(f"  {name.ljust(width)}  {seconds * 1000:10.1f} ms  {share}")
