@@ -42,7 +42,8 @@ from the command line:
 - ``POST /_emulator/faults`` ``{"route": ..., "kind": ..., "times": N,
   "retry_after": S, "seconds": S}``; ``GET`` lists, ``DELETE`` clears;
 - ``POST /_emulator/outputs`` ``{"kernel": "owner/slug", "version": N,
-  "name": ..., "content": "text"}`` (or ``"content_base64"``);
+  "name": ..., "content": "text"}`` (or ``"content_base64"``, or ``"file"``: the
+  name of a file the caller put in ``<data>/imports/``, linked without being read);
 - ``GET /_emulator/health``.
 """
 

@@ -12,6 +12,9 @@ run, as on Kaggle.
 from __future__ import annotations
 
 import logging
+import os
+import shutil
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from kaggle_relay.emulator import rules
@@ -339,11 +342,29 @@ class Kernels:
 
     def add_output(self, ref: str, number: int, name: str, data: bytes) -> None:
         """Add an output entry with any name (even ``../escape.txt``) to a version's listing."""
+        path = self._extra_path(ref, number)
+        path.write_bytes(data)
+        self._list_output(ref, number, name, path)
+
+    def add_output_file(self, ref: str, number: int, name: str, source: Path) -> None:
+        """Like ``add_output``, taking the bytes from ``source`` by hard link (copy across file systems).
+
+        Large outputs (benchmarks move gigabytes) never pass through memory.
+        """
+        path = self._extra_path(ref, number)
+        try:
+            os.link(source, path)
+        except OSError:
+            shutil.copyfile(source, path)
+        self._list_output(ref, number, name, path)
+
+    def _extra_path(self, ref: str, number: int) -> Path:
         folder = self.store.data_dir / "extra-outputs" / ref / f"v{number}"
         folder.mkdir(parents=True, exist_ok=True)
-        path = folder / f"entry-{self.store.new_id()}"
-        path.write_bytes(data)
-        entry = {"name": name, "path": self.store.relative(path), "size": len(data), "mtime": now()}
+        return folder / f"entry-{self.store.new_id()}"
+
+    def _list_output(self, ref: str, number: int, name: str, path: Path) -> None:
+        entry = {"name": name, "path": self.store.relative(path), "size": path.stat().st_size, "mtime": now()}
         with self.store.change():
             version = self._kernel(ref)["versions"][number - 1]
             version.setdefault("outputs", []).append(entry)

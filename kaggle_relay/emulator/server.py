@@ -85,6 +85,10 @@ class Emulator:
         """Add an output entry named ``name`` (any string) to ``kernel`` version ``version``."""
         self.kernels.add_output(kernel, version, name, data)
 
+    def add_output_file(self, kernel: str, version: int, name: str, source: Path) -> None:
+        """Add an output entry whose bytes are the file ``source`` (linked, not read into memory)."""
+        self.kernels.add_output_file(kernel, version, name, source)
+
     def __enter__(self) -> Emulator:
         return self.start()
 

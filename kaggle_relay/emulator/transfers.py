@@ -60,7 +60,7 @@ class Uploads:
         return {"token": token, "createUrl": f"{self.emulator.url}/_emulator/uploads/{token}"}
 
     def put(
-        self, token: str, content_range: str | None, body: Iterator[bytes], keep_half: bool
+        self, token: str, content_range: str | None, body: Iterator[memoryview], keep_half: bool
     ) -> tuple[int, dict[str, str]]:
         """Store one upload PUT; return the HTTP status and headers of the response."""
         with self.store.lock:
@@ -103,7 +103,7 @@ class Uploads:
         return start, False
 
     @staticmethod
-    def _write(path: Path, start: int, body: Iterator[bytes], size: int, keep_half: bool) -> int:
+    def _write(path: Path, start: int, body: Iterator[memoryview], size: int, keep_half: bool) -> int:
         limit = max(0, (size - start) // 2) if keep_half else None
         written = 0
         with open(path, "r+b") as handle:
