@@ -23,7 +23,9 @@ import contextlib
 import io
 import logging
 import os
-from collections.abc import Callable
+import sys
+import threading
+from collections.abc import Callable, Iterator
 from typing import TYPE_CHECKING, Any, TypeVar
 
 import requests
@@ -40,7 +42,7 @@ from kaggle_relay.errors import (
     KaggleUnavailableError,
     RelayError,
 )
-from kaggle_relay.relay import credentials
+from kaggle_relay.relay import credentials, upload
 
 if TYPE_CHECKING:
     from kaggle.api.kaggle_api_extended import KaggleApi
@@ -98,12 +100,13 @@ def _new_client(found: credentials.Credentials, chosen: str | None) -> KaggleApi
 
     # The seam imports the client without running ``kaggle/__init__.py``, whose
     # import-time login prints help to stdout or sends a token to production.
-    with contextlib.redirect_stdout(io.StringIO()):
+    with capture_stdout(io.StringIO()):
         api: KaggleApi = seam.create_api(chosen)
     # The class computed its config path when it was imported; use the current one.
     api.config_dir = str(credentials.config_dir())
     api.config = os.path.join(api.config_dir, "kaggle.json")
     _install_timeout(api)
+    upload.install(api)
     if found.token_file:
         # The client reads access_token files only from ~/.kaggle, but accepts a path here.
         os.environ["KAGGLE_API_TOKEN"] = found.token_file
@@ -192,7 +195,7 @@ def call(
     """
     captured = io.StringIO()
     try:
-        with contextlib.redirect_stdout(captured):
+        with capture_stdout(captured):
             result = fn(*args, **kwargs)
     except RelayError:
         raise
@@ -202,6 +205,53 @@ def call(
         _log_captured(what, captured.getvalue())
     check_error_field(result, what, resource)
     return result
+
+
+class _ThreadStdout(io.TextIOBase):
+    """``sys.stdout`` while some thread captures the client's prints: each thread writes to its own target.
+
+    ``contextlib.redirect_stdout`` swaps one process-wide object; two threads
+    that enter and leave it in crossed order leave ``sys.stdout`` pointing at a
+    finished capture, and every later line of the program vanishes.
+    """
+
+    def __init__(self, fallback: Any) -> None:
+        self.fallback = fallback
+        self.local = threading.local()
+
+    def _target(self) -> Any:
+        return getattr(self.local, "buffer", None) or self.fallback
+
+    def write(self, text: str) -> int:
+        return int(self._target().write(text) or len(text))
+
+    def flush(self) -> None:
+        self._target().flush()
+
+
+_stdout_lock = threading.Lock()
+_stdout_users = 0
+
+
+@contextlib.contextmanager
+def capture_stdout(buffer: io.StringIO) -> Iterator[None]:
+    """Send what this thread prints to ``buffer``; other threads keep printing where they did."""
+    global _stdout_users
+    with _stdout_lock:
+        if not isinstance(sys.stdout, _ThreadStdout):
+            sys.stdout = _ThreadStdout(sys.stdout)
+        proxy = sys.stdout
+        _stdout_users += 1
+    previous = getattr(proxy.local, "buffer", None)
+    proxy.local.buffer = buffer
+    try:
+        yield
+    finally:
+        proxy.local.buffer = previous
+        with _stdout_lock:
+            _stdout_users -= 1
+            if _stdout_users == 0 and sys.stdout is proxy:
+                sys.stdout = proxy.fallback
 
 
 def _log_captured(what: str, text: str) -> None:

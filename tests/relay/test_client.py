@@ -248,3 +248,43 @@ def test_connect_with_rejected_token_is_credentials_error(emulator: Any, monkeyp
             client.connect()
     finally:
         client.forget_clients()
+
+
+def test_stdout_capture_in_crossed_threads_leaves_stdout_as_it_was() -> None:
+    import io
+    import sys
+    import threading
+
+    original = sys.stdout
+    first, second = io.StringIO(), io.StringIO()
+    first_in, second_in, first_out = threading.Event(), threading.Event(), threading.Event()
+
+    def first_thread() -> None:
+        with client.capture_stdout(first):
+            first_in.set()
+            second_in.wait(5)
+            print("from the first thread")
+        first_out.set()
+
+    def second_thread() -> None:
+        first_in.wait(5)
+        with client.capture_stdout(second):
+            second_in.set()
+            first_out.wait(5)
+            print("from the second thread")
+
+    threads = [threading.Thread(target=first_thread), threading.Thread(target=second_thread)]
+    for thread in threads:
+        thread.start()
+    second_in.wait(5)
+    main_line = io.StringIO()
+    sys.stdout.fallback, saved = main_line, sys.stdout.fallback  # type: ignore[attr-defined]
+    print("from the main thread")
+    sys.stdout.fallback = saved  # type: ignore[attr-defined]
+    for thread in threads:
+        thread.join(5)
+
+    assert sys.stdout is original
+    assert first.getvalue() == "from the first thread\n"
+    assert second.getvalue() == "from the second thread\n"
+    assert main_line.getvalue() == "from the main thread\n"
