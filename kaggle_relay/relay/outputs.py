@@ -24,12 +24,10 @@ from __future__ import annotations
 
 import logging
 import re
-from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 from typing import TYPE_CHECKING, Any
-
-import requests
 
 from kaggle_relay.errors import (
     KaggleAuthError,
@@ -38,6 +36,7 @@ from kaggle_relay.errors import (
     UnsafeOutputPathError,
 )
 from kaggle_relay.relay import client, retry
+from kaggle_relay.relay.fetch import fetch
 from kaggle_relay.relay.refs import KernelRef
 from kaggle_relay.runtime import atomic
 from kaggle_relay.runtime.manifest import MANIFEST_NAME, load_manifest
@@ -50,7 +49,8 @@ log = logging.getLogger(__name__)
 OUTPUT_FOLDER = "output"
 PAGE_SIZE = 200
 MAX_PAGES = 10_000
-_CHUNK = 1 << 20
+#: Files downloaded at once: enough to hide the per-file round trips, few enough for a home uplink.
+PARALLEL_DOWNLOADS = 4
 _DRIVE = re.compile(r"^[A-Za-z]:")
 
 
@@ -114,7 +114,7 @@ def download_outputs(
     folder = dest / OUTPUT_FOLDER
     accepted, refused = _split_by_name(wanted)
     _remove_stale(folder, {str(path) for path, _ in accepted})
-    files = [_download(api, ref, item, folder, path, progress) for path, item in accepted]
+    files = _download_all(api, ref, accepted, folder, progress)
     log_path = _write_log(dest, ref, run_log)
     outputs = Outputs(folder=folder, files=files, log_path=log_path, refused=refused)
     check_manifest_arrived(outputs, pattern)
@@ -200,8 +200,26 @@ def _remove_stale(folder: Path, keep: set[str]) -> None:
             path.rmdir()
 
 
+def _download_all(
+    api: KaggleApi, ref: KernelRef, accepted: list[tuple[PurePosixPath, ListedFile]], folder: Path, progress: bool
+) -> list[Path]:
+    """Download the accepted files, ``PARALLEL_DOWNLOADS`` at a time; return their paths in listing order."""
+    if not accepted:
+        return []
+    with _progress_bar(progress) as bar, ThreadPoolExecutor(
+        max_workers=min(PARALLEL_DOWNLOADS, len(accepted)), thread_name_prefix="relay-download"
+    ) as pool:
+        futures = [pool.submit(_download, api, ref, item, folder, path, bar) for path, item in accepted]
+        try:
+            return [future.result() for future in futures]
+        except BaseException:
+            for future in futures:
+                future.cancel()
+            raise
+
+
 def _download(
-    api: KaggleApi, ref: KernelRef, item: ListedFile, folder: Path, relative: PurePosixPath, progress: bool
+    api: KaggleApi, ref: KernelRef, item: ListedFile, folder: Path, relative: PurePosixPath, bar: _Bar
 ) -> Path:
     target = folder.joinpath(*relative.parts)
     target.parent.mkdir(parents=True, exist_ok=True)
@@ -210,67 +228,63 @@ def _download(
         raise UnsafeOutputPathError(item.name, f"its folder resolves outside {folder}")
     resource = f"{ref}:{item.name}"
     try:
-        retry.run("read", "download output", _fetch, api, item, target, progress, resource=resource)
+        retry.run("read", "download output", _fetch, api, item, target, bar, resource=resource)
     except KaggleAuthError:
         # Output URLs are signed and expire (HTTP 403); list again for a fresh one, once.
         log.warning("the download URL of %s was rejected (HTTP 403); listing the outputs again for a fresh URL", resource)
         fresh = {listed.name: listed for listed in list_outputs(api, ref)[0]}.get(item.name, item)
-        retry.run("read", "download output", _fetch, api, fresh, target, progress, resource=resource)
+        retry.run("read", "download output", _fetch, api, fresh, target, bar, resource=resource)
     return target
 
 
-def _fetch(api: KaggleApi, item: ListedFile, target: Path, progress: bool) -> None:
-    # session.send, unlike session.get, does not attach the session's Kaggle
-    # credentials, which must not go to a signed download URL.
-    session = client.http_session(api)
-    prepared = requests.Request("GET", item.url).prepare()
-    with session.send(prepared, stream=True) as response:
-        response.raise_for_status()
-        expected = response.headers.get("Content-Length")
-        written = 0
-        with atomic.atomic_write(target, "wb") as handle, _progress_bar(item.name, expected, progress) as advance:
-            for chunk in response.iter_content(_CHUNK):
-                handle.write(chunk)
-                written += len(chunk)
-                advance(len(chunk))
-            if expected is not None and written != int(expected):
-                raise requests.ConnectionError(
-                    f"{item.name}: received {written} of {expected} bytes; the download was cut"
-                )
+def _fetch(api: KaggleApi, item: ListedFile, target: Path, bar: _Bar) -> None:
+    task = bar.start(item.name)
+    fetch(client.http_session(api), item.url, target, name=item.name, advance=lambda size: bar.advance(task, size))
 
 
-class _NoProgress:
-    def __enter__(self) -> Callable[[int], None]:
-        return lambda _: None
+class _Bar:
+    """Byte progress of several downloads at once; the base class shows nothing."""
+
+    def __enter__(self) -> _Bar:
+        return self
 
     def __exit__(self, *exc: object) -> None:
         return None
 
+    def start(self, name: str) -> Any:
+        return None
 
-def _progress_bar(name: str, total: str | None, enabled: bool) -> Any:
-    if not enabled:
-        return _NoProgress()
-    return _RichProgress(name, int(total) if total else None)
+    def advance(self, task: Any, size: int) -> None:
+        return None
 
 
-class _RichProgress:
-    """A byte progress bar on stderr for one download."""
+class _RichBar(_Bar):
+    """One rich progress line per file on stderr, with bytes and speed."""
 
-    def __init__(self, name: str, total: int | None) -> None:
+    def __init__(self) -> None:
         from rich.console import Console
         from rich.progress import DownloadColumn, Progress, TransferSpeedColumn
 
         self.progress = Progress(
             *Progress.get_default_columns(), DownloadColumn(), TransferSpeedColumn(), console=Console(stderr=True)
         )
-        self.task = self.progress.add_task(name, total=total)
 
-    def __enter__(self) -> Callable[[int], None]:
+    def __enter__(self) -> _Bar:
         self.progress.start()
-        return lambda size: self.progress.advance(self.task, size)
+        return self
 
     def __exit__(self, *exc: object) -> None:
         self.progress.stop()
+
+    def start(self, name: str) -> Any:
+        return self.progress.add_task(name, total=None)
+
+    def advance(self, task: Any, size: int) -> None:
+        self.progress.advance(task, size)
+
+
+def _progress_bar(enabled: bool) -> _Bar:
+    return _RichBar() if enabled else _Bar()
 
 
 def _write_log(dest: Path, ref: KernelRef, run_log: str) -> Path | None:

@@ -57,10 +57,15 @@ def fsync_dir(folder: Path) -> None:
 
 
 @contextlib.contextmanager
-def atomic_write(target: str | os.PathLike[str], mode: str = "wb", **open_kwargs: Any) -> Iterator[IO[Any]]:
+def atomic_write(
+    target: str | os.PathLike[str], mode: str = "wb", *, durable: bool = True, **open_kwargs: Any
+) -> Iterator[IO[Any]]:
     """Open a temporary sibling of ``target`` and move it into place on success.
 
     On an exception the temporary file is removed and ``target`` is untouched.
+    With ``durable=False`` nothing is fsynced: the file still appears whole or
+    not at all while the machine runs, but a power cut may leave it short. Use
+    it only for copies whose content is checked against a hash before use.
     """
     target = Path(target)
     tmp = temporary_path(target)
@@ -70,13 +75,15 @@ def atomic_write(target: str | os.PathLike[str], mode: str = "wb", **open_kwargs
         with open(tmp, mode, **open_kwargs) as handle:
             yield handle
             handle.flush()
-            os.fsync(handle.fileno())
+            if durable:
+                os.fsync(handle.fileno())
         os.replace(tmp, target)
     except BaseException:
         with contextlib.suppress(FileNotFoundError):
             tmp.unlink()
         raise
-    fsync_dir(target.parent)
+    if durable:
+        fsync_dir(target.parent)
 
 
 @contextlib.contextmanager

@@ -342,13 +342,30 @@ def _manifest_problems(candidate: Candidate, entry: ManifestEntry | None) -> lis
 _HASHES: dict[tuple[str, int, int, int], str] = {}
 
 
-def _cached_sha256(path: str) -> str:
+def _hash_key(path: str | os.PathLike[str]) -> tuple[str, int, int, int]:
     # Keyed by size, mtime and inode so a rewritten file is hashed again.
     stat = os.stat(path)
-    key = (os.path.abspath(path), stat.st_size, stat.st_mtime_ns, stat.st_ino)
+    return (os.path.abspath(path), stat.st_size, stat.st_mtime_ns, stat.st_ino)
+
+
+def _cached_sha256(path: str) -> str:
+    key = _hash_key(path)
     if key not in _HASHES:
         _HASHES[key] = sha256_file(path)
     return _HASHES[key]
+
+
+def file_sha256(path: str | os.PathLike[str]) -> str:
+    """Return the sha256 of ``path``, read once per process while the file stays unchanged."""
+    return _cached_sha256(os.fspath(path))
+
+
+def remember_sha256(path: str | os.PathLike[str], digest: str) -> None:
+    """Record the sha256 of ``path`` computed while it was written, so validation does not read it again.
+
+    Only for a file that nothing changed between that hash and this call.
+    """
+    _HASHES[_hash_key(path)] = digest
 
 
 def has_key(tree: Any, dotted: str) -> bool:
