@@ -40,18 +40,17 @@ from kaggle_relay.errors import (
     HandoffMismatchError,
     NoValidCheckpointError,
 )
-from kaggle_relay.relay import datasets
+from kaggle_relay.relay import datasets, upload
 from kaggle_relay.relay.refs import DatasetRef
 from kaggle_relay.runtime.manifest import (
     MANIFEST_NAME,
     Manifest,
     ManifestEntry,
     load_manifest,
-    sha256_file,
     utc_now,
 )
 from kaggle_relay.runtime.select import DEFAULT_PATTERNS, scan
-from kaggle_relay.runtime.validate import Candidate
+from kaggle_relay.runtime.validate import Candidate, file_sha256
 
 if TYPE_CHECKING:
     from kaggle.api.kaggle_api_extended import KaggleApi
@@ -103,6 +102,7 @@ def publish_checkpoints(
     with tempfile.TemporaryDirectory(prefix="kaggle-relay-stage-") as staging:
         stage = Path(staging)
         sizes = stage_handoff(source, stage, selected, carry=carry, handoff={"dataset": dataset.id, "version": version, "run_id": run_id}, run_id=run_id)
+        expect_manifest_hashes(api, stage)
         notes = f"{handoff_note} (run {run_id})".strip() if handoff_note else f"kaggle-relay handoff (run {run_id})"
         waits = datasets.PublishWaits(timeout=timeout, interval=_interval(timeout))
         created = datasets.publish_folder(
@@ -179,6 +179,15 @@ def stage_handoff(
     return _expand(stage, names)
 
 
+def expect_manifest_hashes(api: KaggleApi, stage: Path) -> None:
+    """Make the upload of each staged checkpoint fail unless its bytes hash to the manifest's sha256."""
+    manifest = load_manifest(stage)
+    uploader = upload.install(api)
+    for entry in manifest.files if manifest else []:
+        if entry.sha256 and (stage / entry.file).is_file():
+            uploader.expect(stage / entry.file, entry.sha256)
+
+
 def _write_manifest(stage: Path, checkpoint: Path, selected: Candidate, handoff: dict[str, object], run_id: str) -> None:
     original = load_manifest(checkpoint.parent)
     entry = original.entry(checkpoint.name) if original else None
@@ -186,7 +195,7 @@ def _write_manifest(stage: Path, checkpoint: Path, selected: Candidate, handoff:
         entry = ManifestEntry(
             file=checkpoint.name,
             bytes=selected.bytes,
-            sha256=sha256_file(checkpoint) if checkpoint.is_file() else "",
+            sha256=file_sha256(checkpoint) if checkpoint.is_file() else "",
             format=selected.format,
             epoch=int(selected.epoch) if isinstance(selected.epoch, int) else None,
             step=selected.step,

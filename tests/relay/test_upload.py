@@ -1,0 +1,120 @@
+"""The relay's streaming upload PUT, through the real kaggle client's upload flow, against the emulator."""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from kaggle_relay.errors import CheckpointInvalidError, EndpointSeamError
+from kaggle_relay.relay import datasets, upload
+from kaggle_relay.relay.refs import DatasetRef
+from tests.relay import emulated
+from tests.relay.emulated import USER
+
+relay_api = emulated.relay_api
+REF = DatasetRef(USER, "upload-checks")
+
+
+def folder_with(root: Path, data: bytes) -> Path:
+    root.mkdir(parents=True, exist_ok=True)
+    (root / "weights.bin").write_bytes(data)
+    return root
+
+
+def publish(api: Any, folder: Path) -> DatasetRef:
+    return datasets.publish_folder(api, REF, folder, title="Upload Checks", notes="day one", marker="run-upload")
+
+
+def published_bytes(emulator: Any, ref: DatasetRef) -> bytes:
+    entries = {entry["name"]: entry for entry in emulator.datasets.files_of(ref.id, ref.require_version())}
+    return emulator.store.resolve(entries["weights.bin"]["path"]).read_bytes()
+
+
+def payload(size: int) -> bytes:
+    return os.urandom(size)
+
+
+def test_relay_client_sends_uploads_through_the_streaming_uploader(relay_api: Any) -> None:
+    uploader = upload.install(relay_api)
+
+    assert relay_api.upload_complete == uploader.upload_complete
+    assert upload.install(relay_api) is uploader
+
+
+def test_whole_upload_records_the_sha256_of_the_bytes_sent(relay_api: Any, emulator: Any, tmp_path: Path) -> None:
+    data = payload(3 << 20)
+    folder = folder_with(tmp_path / "stage", data)
+
+    created = publish(relay_api, folder)
+
+    digest = upload.install(relay_api).sent[os.path.abspath(folder / "weights.bin")]
+    assert digest == hashlib.sha256(data).hexdigest()
+    assert published_bytes(emulator, created) == data
+
+
+@pytest.mark.parametrize("kind", ["upload-stop", "503", "429", "drop"])
+def test_interrupted_upload_resumes_and_arrives_whole(relay_api: Any, emulator: Any, tmp_path: Path, kind: str) -> None:
+    data = payload(3 << 20)
+    folder = folder_with(tmp_path / "stage", data)
+    uploader = upload.install(relay_api)
+    uploader.expect(folder / "weights.bin", hashlib.sha256(data).hexdigest())
+    emulator.faults.inject("upload", kind, retry_after=0.05 if kind == "429" else None)
+
+    created = publish(relay_api, folder)
+
+    assert emulator.faults.pending() == []
+    assert published_bytes(emulator, created) == data
+    # A resumed upload hashes the part sent before from disk, so the whole file is still checked.
+    assert uploader.sent[os.path.abspath(folder / "weights.bin")] == hashlib.sha256(data).hexdigest()
+
+
+def test_upload_whose_bytes_differ_from_the_manifest_creates_no_version(
+    relay_api: Any, emulator: Any, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    data = payload(1 << 20)
+    folder = folder_with(tmp_path / "stage", data)
+    upload.install(relay_api).expect(folder / "weights.bin", hashlib.sha256(b"what the manifest recorded").hexdigest())
+
+    with caplog.at_level(logging.ERROR, logger="kaggle_relay.relay.upload"), pytest.raises(CheckpointInvalidError, match="changed on disk"):
+        publish(relay_api, folder)
+
+    assert "refusing weights.bin" in caplog.text
+    assert not datasets.dataset_exists(relay_api, REF)
+
+
+def test_upload_that_gets_no_answer_in_time_is_resumed(
+    relay_api: Any, emulator: Any, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    data = payload(1 << 20)
+    folder = folder_with(tmp_path / "stage", data)
+    upload.install(relay_api).timeout = (5.0, 0.3)
+    emulator.faults.inject("upload", "slow", seconds=1.0)
+
+    with caplog.at_level(logging.WARNING, logger="kaggle_relay.relay.upload"):
+        created = publish(relay_api, folder)
+
+    assert "broke off" in caplog.text
+    assert published_bytes(emulator, created) == data
+
+
+def test_seam_check_names_a_changed_upload_method() -> None:
+    class Moved:
+        def upload_complete(self, path: str, url: str) -> None:
+            return None
+
+        def _upload_blob(self) -> None:
+            self.upload_complete("", "")
+
+    with pytest.raises(EndpointSeamError, match="upload_complete now takes"):
+        upload.check_seam(Moved)
+
+
+def test_seam_check_accepts_the_installed_kaggle_client() -> None:
+    from kaggle_relay.relay.endpoint import load_kaggle_api_class
+
+    upload.check_seam(load_kaggle_api_class())
