@@ -1,0 +1,251 @@
+"""The relay's data path against plain HTTP transfers of the same bytes from the same emulator.
+
+- Download: ``download_outputs`` of a 1 GiB checkpoint and its manifest
+  (listing, name checks, four files at a time, sha256 while streaming, size
+  check) against a plain ``requests`` GET streamed to a file in 1 MiB chunks.
+  Target: at least 0.8 of the plain throughput.
+- Upload: ``publish_folder`` of a folder holding the 1 GiB checkpoint (every
+  RPC of a new dataset version, the resumable PUT, the version's creation)
+  against a plain ``http.client`` PUT of the same file, in 1 MiB blocks, to
+  an upload URL from StartBlobUpload. Target: at least 0.8.
+- Bytes: a finished version whose output holds ten checkpoints, their
+  manifest and logs is harvested and published as the chain does it; the
+  table shows the bytes that crossed the network each way.
+
+The emulator runs in its own process (``bench/served.py``). Before each timed
+call the benchmark deletes what the previous one wrote, on both sides, and
+runs ``os.sync()``, untimed, so no subject pays for another's write-back. The
+order of the subjects alternates each round.
+"""
+
+from __future__ import annotations
+
+import http.client
+import os
+import shutil
+import statistics
+import time
+from collections.abc import Callable
+from pathlib import Path
+from urllib.parse import urlsplit
+
+import requests
+
+from bench.common import CACHE, GIB, Target, big_checkpoint, print_table
+from bench.served import Served, push_quick_kernel, served_emulator, write_manifest
+
+ROUNDS = 5
+CHECKPOINT_NAME = "checkpoints/checkpoint-1gib.pt"
+MIB = 1 << 20
+
+
+def time_alternating(subjects: dict[str, Callable[[], object]], settle: Callable[[], None]) -> dict[str, float]:
+    """One warm-up round, then ``ROUNDS`` timed rounds, the order shifted each round; return medians."""
+    names = list(subjects)
+    seconds: dict[str, list[float]] = {name: [] for name in names}
+    for round_number in range(ROUNDS + 1):
+        shift = round_number % len(names)
+        for name in names[shift:] + names[:shift]:
+            settle()
+            start = time.perf_counter()
+            subjects[name]()
+            elapsed = time.perf_counter() - start
+            if round_number > 0:
+                seconds[name].append(elapsed)
+    return {name: statistics.median(values) for name, values in seconds.items()}
+
+
+def empty(folder: Path) -> None:
+    if folder.exists():
+        shutil.rmtree(folder)
+    folder.mkdir(parents=True)
+
+
+# --- download ---------------------------------------------------------------------------
+
+
+def download_subjects(served: Served, kernel: str, work: Path) -> dict[str, Callable[[], object]]:
+    from kaggle_relay.relay.outputs import download_outputs, list_outputs
+    from kaggle_relay.relay.refs import KernelRef
+
+    ref = KernelRef.parse(kernel).with_version(1)
+    url = next(item.url for item in list_outputs(served.api, ref)[0] if item.name == CHECKPOINT_NAME)
+
+    def plain_get() -> None:
+        with requests.get(url, stream=True, timeout=300) as response, open(work / "plain.pt", "wb") as handle:
+            response.raise_for_status()
+            for chunk in response.iter_content(MIB):
+                handle.write(chunk)
+
+    def relay_download() -> None:
+        outputs = download_outputs(served.api, ref, work / "relay")
+        assert any(path.name == Path(CHECKPOINT_NAME).name for path in outputs.files)
+
+    return {"plain GET": plain_get, "relay download_outputs": relay_download}
+
+
+# --- upload -----------------------------------------------------------------------------
+
+
+def upload_subjects(served: Served, checkpoint: Path, work: Path) -> dict[str, Callable[[], object]]:
+    from kagglesdk.blobs.types.blob_api_service import ApiBlobType, ApiStartBlobUploadRequest
+
+    from kaggle_relay.relay import datasets
+    from kaggle_relay.relay.refs import DatasetRef
+
+    size = checkpoint.stat().st_size
+    dataset = DatasetRef.parse(f"{served_user(served)}/bench-transfer-upload")
+    counter = iter(range(1, 1000))
+
+    def plain_put() -> None:
+        request = ApiStartBlobUploadRequest()
+        request.type = ApiBlobType.DATASET
+        request.name = checkpoint.name
+        request.content_length = size
+        with served.api.build_kaggle_client() as kaggle:
+            url = kaggle.blobs.blob_api_client.start_blob_upload(request).create_url
+        parts = urlsplit(url)
+        connection = http.client.HTTPConnection(parts.hostname or "127.0.0.1", parts.port, timeout=300, blocksize=MIB)
+        with open(checkpoint, "rb") as body:
+            connection.request("PUT", parts.path, body=body, headers={"Content-Length": str(size)})
+        response = connection.getresponse()
+        response.read()
+        connection.close()
+        if response.status != 200:
+            raise RuntimeError(f"plain PUT answered {response.status}")
+
+    def relay_publish() -> None:
+        folder = work / "stage"
+        empty(folder)
+        os.link(checkpoint, folder / checkpoint.name)
+        marker = f"bench round {next(counter)}"
+        datasets.publish_folder(served.api, dataset, folder, title="Bench transfer upload", notes=marker, marker=marker)
+
+    return {"plain PUT": plain_put, "relay publish_folder": relay_publish}
+
+
+def served_user(served: Served) -> str:
+    from kaggle_relay.relay import client
+
+    return client.username(served.api)
+
+
+def settle_emulator(served: Served) -> None:
+    """Delete uploaded blobs and dataset files on the server side; the benchmark never reads them back."""
+    for folder in (served.data / "blobs", served.data / "datasets"):
+        for path in folder.rglob("*") if folder.exists() else []:
+            if path.is_file() and path.suffix != ".json":
+                path.unlink()
+
+
+# --- bytes per day ----------------------------------------------------------------------
+
+
+def bytes_per_day(served: Served, root: Path) -> dict[str, int]:
+    """Harvest and publish a version with ten checkpoints and logs; return the bytes each way."""
+    import fnmatch
+
+    import torch
+
+    from kaggle_relay.relay.outputs import download_outputs
+    from kaggle_relay.relay.publish import publish_checkpoints
+    from kaggle_relay.relay.refs import DatasetRef, KernelRef
+    from kaggle_relay.runtime.manifest import MANIFEST_NAME
+    from kaggle_relay.runtime.select import DEFAULT_PATTERNS
+
+    kernel = push_quick_kernel(served, root, "bench-ten-checkpoints")
+    source = served.imports / "ten"
+    source.mkdir(parents=True, exist_ok=True)
+    saved = []
+    for index in range(1, 11):
+        path = source / f"ckpt-step{index * 1000:06d}.pt"
+        torch.save({"model": {"weight": torch.full((8 * MIB // 4,), float(index))}, "step": index * 1000}, path)
+        saved.append((path, index * 1000))
+    write_manifest(source, saved)
+    (source / "train.log").write_text("epoch 1 loss 0.5\n" * 200_000, encoding="utf-8")
+    (source / "metrics.csv").write_text("step,loss\n" + "1000,0.5\n" * 100_000, encoding="utf-8")
+    for path in sorted(source.iterdir()):
+        folder = "logs" if path.suffix in (".log", ".csv") else "checkpoints"
+        served.add_output(kernel, 1, f"{folder}/{path.name}", path.relative_to(served.imports))
+    in_output = sum(path.stat().st_size for path in source.iterdir())
+
+    # The pattern a chain with default settings downloads (relay/harvest.py, download_pattern).
+    globs = [*DEFAULT_PATTERNS, MANIFEST_NAME]
+    pattern = "(?:^|/)(?:" + "|".join(fnmatch.translate(glob) for glob in globs) + ")"
+    outputs = download_outputs(served.api, KernelRef.parse(kernel).with_version(1), root / "harvest", file_pattern=pattern)
+    result = publish_checkpoints(
+        served.api, outputs.folder / "checkpoints", DatasetRef.parse(f"{served_user(served)}/bench-ten-checkpoints"),
+        run_id="bench-ten", timeout=60,
+    )
+    selected = Path(result.checkpoint.path).stat().st_size if result.checkpoint else 0
+    return {
+        "in the version's output": in_output,
+        "downloaded by the relay": sum(path.stat().st_size for path in outputs.files),
+        "uploaded by the relay": sum(result.sizes.values()),
+        "selected checkpoint alone": selected,
+    }
+
+
+def print_bytes(counts: dict[str, int]) -> None:
+    width = max(len(name) for name in counts)
+    print("\n== bytes moved for one day: ten 8 MiB checkpoints, their manifest and logs")
+    for name, count in counts.items():
+        print(f"  {name.ljust(width)}  {count / 1e6:10.2f} MB")
+    share = counts["uploaded by the relay"] / counts["in the version's output"]
+    print(f"  info  uploaded / output: {share:.3f}; the upload is the selected checkpoint and the manifest")
+
+
+# --- main -------------------------------------------------------------------------------
+
+
+def main() -> list[Target]:
+    root = CACHE / "transfer"
+    empty(root)
+    checkpoint = big_checkpoint()
+    targets: list[Target] = []
+    try:
+        with served_emulator(root) as served:
+            kernel = push_quick_kernel(served, root, "bench-transfer")
+            folder = served.imports / "one"
+            folder.mkdir(parents=True)
+            os.link(checkpoint, folder / Path(CHECKPOINT_NAME).name)
+            write_manifest(folder, [(folder / Path(CHECKPOINT_NAME).name, 3000)])
+            for path in folder.iterdir():
+                served.add_output(kernel, 1, f"checkpoints/{path.name}", path.relative_to(served.imports))
+
+            work = root / "work"
+
+            def settle() -> None:
+                empty(work)
+                settle_emulator(served)
+                os.sync()
+
+            size = checkpoint.stat().st_size
+            down = time_alternating(download_subjects(served, kernel, work), settle)
+            down_ratio = down["plain GET"] / down["relay download_outputs"]
+            targets.append(Target("download throughput / plain GET", down_ratio, at_least=0.8))
+            print_table(f"download of {size / GIB:.2f} GiB ({ROUNDS} rounds, medians)", down, targets[-1:])
+            _print_rates(down, size)
+
+            up = time_alternating(upload_subjects(served, checkpoint, work), settle)
+            up_ratio = up["plain PUT"] / up["relay publish_folder"]
+            targets.append(Target("upload throughput / plain PUT", up_ratio, at_least=0.8))
+            print_table(f"upload of {size / GIB:.2f} GiB ({ROUNDS} rounds, medians)", up, targets[-1:])
+            _print_rates(up, size)
+
+            settle()
+            print_bytes(bytes_per_day(served, root))
+    finally:
+        shutil.rmtree(root, ignore_errors=True)
+    print(f"  info  1-minute load average {os.getloadavg()[0]:.2f} on {os.cpu_count()} CPUs")
+    return targets
+
+
+def _print_rates(medians: dict[str, float], size: int) -> None:
+    rates = ", ".join(f"{name} {size / seconds / 1e6:.0f} MB/s" for name, seconds in medians.items())
+    print(f"  info  throughput: {rates}")
+
+
+if __name__ == "__main__":
+    # Run from the repository root as ``python -m bench.bench_transfer``.
+    main()
