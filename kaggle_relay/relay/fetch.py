@@ -17,7 +17,7 @@ from __future__ import annotations
 import hashlib
 import queue
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -41,23 +41,37 @@ class Fetched:
 
 
 class _Hasher:
-    """Hash chunks in a thread; hashlib releases the interpreter lock for large buffers."""
+    """Hash chunks in a thread; hashlib releases the interpreter lock for large buffers.
+
+    The chunks live in ``QUEUE_CHUNKS`` buffers allocated once: the reader
+    fills a free one, the thread hashes it and gives it back. Allocating a
+    fresh megabyte per chunk cost more CPU than the hash itself here.
+    """
 
     def __init__(self) -> None:
         self.digest = hashlib.sha256()
-        self._chunks: queue.Queue[bytes | None] = queue.Queue(maxsize=QUEUE_CHUNKS)
+        self._free: queue.Queue[memoryview] = queue.Queue()
+        for _ in range(QUEUE_CHUNKS):
+            self._free.put(memoryview(bytearray(CHUNK)))
+        self._full: queue.Queue[memoryview | None] = queue.Queue()
         self._thread = threading.Thread(target=self._run, name="relay-fetch-sha256", daemon=True)
         self._thread.start()
 
     def _run(self) -> None:
-        while (chunk := self._chunks.get()) is not None:
-            self.digest.update(chunk)
+        while (view := self._full.get()) is not None:
+            self.digest.update(view)
+            self._free.put(memoryview(view.obj))
 
-    def add(self, chunk: bytes) -> None:
-        self._chunks.put(chunk)
+    def buffer(self) -> memoryview:
+        """Return a free buffer of CHUNK bytes to read into; hand it back with ``add``."""
+        return self._free.get()
+
+    def add(self, view: memoryview) -> None:
+        """Hash ``view`` (a slice of a buffer from ``buffer``) in the thread, then free the buffer."""
+        self._full.put(view)
 
     def finish(self) -> str:
-        self._chunks.put(None)
+        self._full.put(None)
         self._thread.join()
         return self.digest.hexdigest()
 
@@ -85,14 +99,40 @@ def fetch(
             response.raise_for_status()
             expected = response.headers.get("Content-Length")
             with atomic.atomic_write(target, "wb", durable=False) as handle:
-                for chunk in response.iter_content(CHUNK):
-                    hasher.add(chunk)
-                    handle.write(chunk)
-                    written += len(chunk)
-                    advance(len(chunk))
+                for view in _chunks(response, hasher):
+                    handle.write(view)
+                    hasher.add(view)
+                    written += len(view)
+                    advance(len(view))
                 if expected is not None and written != int(expected):
                     raise requests.ConnectionError(f"{name}: received {written} of {expected} bytes; the download was cut")
     finally:
         digest = hasher.finish()
     remember_sha256(target, digest)
     return Fetched(target, written, digest)
+
+
+def _chunks(response: requests.Response, hasher: _Hasher) -> Iterator[memoryview]:
+    """Yield the body in views of the hasher's buffers, read without an allocation per chunk.
+
+    The standard library's response under urllib3 reads straight into a
+    buffer. urllib3 does not expose it, so when it is missing, or when
+    urllib3 would have to decode the body (Content-Encoding), the body comes
+    through ``iter_content`` and is copied into the buffers.
+    """
+    raw = getattr(response.raw, "_fp", None)
+    encoded = response.headers.get("Content-Encoding", "identity").lower() not in ("", "identity")
+    if raw is None or not hasattr(raw, "readinto") or encoded:
+        for chunk in response.iter_content(CHUNK):
+            for offset in range(0, len(chunk), CHUNK):
+                piece = chunk[offset : offset + CHUNK]
+                view = hasher.buffer()
+                view[: len(piece)] = piece
+                yield view[: len(piece)]
+        return
+    while True:
+        view = hasher.buffer()
+        count = raw.readinto(view)
+        if not count:
+            return
+        yield view[:count]

@@ -41,6 +41,7 @@ import requests
 from requests.adapters import HTTPAdapter
 
 from kaggle_relay.errors import CheckpointInvalidError, EndpointSeamError
+from kaggle_relay.runtime.validate import known_sha256
 
 if TYPE_CHECKING:
     from kaggle.api.kaggle_api_extended import KaggleApi
@@ -60,14 +61,15 @@ MAX_RETRY_AFTER = 60.0
 class _HashingReader:
     """A read-only file whose bytes are hashed in a second thread while the caller sends them."""
 
-    def __init__(self, handle: BinaryIO, length: int) -> None:
+    def __init__(self, handle: BinaryIO, length: int, *, known: str | None = None) -> None:
         self.handle = handle
         self.length = length
-        self.sent = 0
         self.digest = hashlib.sha256()
+        self.known = known
         self._blocks: queue.Queue[bytes | None] = queue.Queue(maxsize=8)
         self._thread = threading.Thread(target=self._hash, name="relay-upload-sha256", daemon=True)
-        self._thread.start()
+        if known is None:
+            self._thread.start()
 
     def _hash(self) -> None:
         while (block := self._blocks.get()) is not None:
@@ -75,15 +77,16 @@ class _HashingReader:
 
     def read(self, size: int = -1) -> bytes:
         block = self.handle.read(BLOCK if size is None or size < 0 else max(size, BLOCK))
-        if block:
+        if block and self.known is None:
             self._blocks.put(block)
-            self.sent += len(block)
         return block
 
     def __len__(self) -> int:
         return self.length
 
     def finish(self) -> str:
+        if self.known is not None:
+            return self.known
         self._blocks.put(None)
         self._thread.join()
         return self.digest.hexdigest()
@@ -162,8 +165,11 @@ class StreamingUploader:
         if start > 0:
             headers["Content-Range"] = f"bytes {start}-{size - 1}/{size}"
             log.info("resuming the upload of %s at byte %d of %d", Path(path).name, start, size)
+        # A file this process hashed while downloading it, unchanged since (same inode, size and
+        # mtime), is not hashed again: on loopback the hash would halve the upload rate.
+        known = known_sha256(path) if start == 0 else None
         with open(path, "rb") as handle:
-            reader = _HashingReader(handle, size - start)
+            reader = _HashingReader(handle, size - start, known=known)
             # The server has the first ``start`` bytes from an earlier PUT; hash them from disk.
             _hash_range(handle, start, reader.digest)
             try:

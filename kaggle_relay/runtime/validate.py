@@ -339,13 +339,13 @@ def _manifest_problems(candidate: Candidate, entry: ManifestEntry | None) -> lis
     return []
 
 
-_HASHES: dict[tuple[str, int, int, int], str] = {}
+_HASHES: dict[tuple[int, int, int, int], str] = {}
 
 
-def _hash_key(path: str | os.PathLike[str]) -> tuple[str, int, int, int]:
-    # Keyed by size, mtime and inode so a rewritten file is hashed again.
+def _hash_key(path: str | os.PathLike[str]) -> tuple[int, int, int, int]:
+    # The file's identity, not its name, so a hard link shares the hash; a rewrite changes size or mtime.
     stat = os.stat(path)
-    return (os.path.abspath(path), stat.st_size, stat.st_mtime_ns, stat.st_ino)
+    return (stat.st_dev, stat.st_ino, stat.st_size, stat.st_mtime_ns)
 
 
 def _cached_sha256(path: str) -> str:
@@ -358,6 +358,14 @@ def _cached_sha256(path: str) -> str:
 def file_sha256(path: str | os.PathLike[str]) -> str:
     """Return the sha256 of ``path``, read once per process while the file stays unchanged."""
     return _cached_sha256(os.fspath(path))
+
+
+def known_sha256(path: str | os.PathLike[str]) -> str | None:
+    """Return the sha256 of ``path`` if this process hashed it and it has not changed since, else None."""
+    try:
+        return _HASHES.get(_hash_key(path))
+    except OSError:
+        return None
 
 
 def remember_sha256(path: str | os.PathLike[str], digest: str) -> None:

@@ -3,7 +3,9 @@ through the real kaggle client against the emulator."""
 
 from __future__ import annotations
 
+import hashlib
 import json
+import os
 from pathlib import Path
 from typing import Any
 
@@ -22,6 +24,7 @@ from kaggle_relay.relay import client, kernels
 from kaggle_relay.relay.kernels import KernelStatus
 from kaggle_relay.relay.refs import KernelRef
 from kaggle_relay.runtime.manifest import MANIFEST_NAME
+from kaggle_relay.runtime.validate import known_sha256
 from tests.relay import emulated
 from tests.relay.emulated import USER, script_kernel
 
@@ -362,6 +365,32 @@ def test_cut_download_is_retried(relay_api: Any, emulator: Any, tmp_path: Path) 
     emulator.faults.inject("download", "truncate")
     outputs = kernels.download_outputs(relay_api, ref, tmp_path / "harvest")
     assert outputs.files[0].read_bytes() == b"x" * 1000
+
+
+def test_download_records_sha256_so_validation_reads_once(relay_api: Any, emulator: Any, tmp_path: Path) -> None:
+    ref = finished(relay_api, tmp_path)
+    big = os.urandom(5 << 20)
+    emulator.add_output(str(ref.unversioned()), 1, "checkpoints/big.bin", big)
+
+    outputs = kernels.download_outputs(relay_api, ref, tmp_path / "harvest")
+
+    path = outputs.folder / "checkpoints" / "big.bin"
+    assert path.read_bytes() == big
+    assert known_sha256(path) == hashlib.sha256(big).hexdigest()
+
+
+def test_cut_download_of_a_large_file_is_retried_whole(relay_api: Any, emulator: Any, tmp_path: Path) -> None:
+    ref = finished(relay_api, tmp_path)
+    big = os.urandom(5 << 20)
+    emulator.add_output(str(ref.unversioned()), 1, "checkpoints/big.bin", big)
+    emulator.faults.inject("download", "truncate", times=2)
+
+    outputs = kernels.download_outputs(relay_api, ref, tmp_path / "harvest")
+
+    path = outputs.folder / "checkpoints" / "big.bin"
+    assert path.read_bytes() == big
+    assert known_sha256(path) == hashlib.sha256(big).hexdigest()
+    assert not [item for item in path.parent.iterdir() if item.name.startswith(".relay-tmp-")]
 
 
 def test_expired_download_url_is_listed_again(relay_api: Any, emulator: Any, tmp_path: Path) -> None:

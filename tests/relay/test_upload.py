@@ -118,3 +118,36 @@ def test_seam_check_accepts_the_installed_kaggle_client() -> None:
     from kaggle_relay.relay.endpoint import load_kaggle_api_class
 
     upload.check_seam(load_kaggle_api_class())
+
+
+def test_file_rewritten_after_its_download_hash_is_hashed_again(relay_api: Any, emulator: Any, tmp_path: Path) -> None:
+    from kaggle_relay.runtime.validate import remember_sha256
+
+    old = payload(1 << 20)
+    folder = folder_with(tmp_path / "stage", old)
+    path = folder / "weights.bin"
+    remember_sha256(path, hashlib.sha256(old).hexdigest())
+    upload.install(relay_api).expect(path, hashlib.sha256(old).hexdigest())
+    stat = path.stat()
+    path.write_bytes(payload(1 << 20))
+    os.utime(path, ns=(stat.st_atime_ns, stat.st_mtime_ns + 1_000_000))
+
+    with pytest.raises(CheckpointInvalidError, match="changed on disk"):
+        publish(relay_api, folder)
+
+
+def test_file_hashed_while_downloaded_is_sent_without_hashing_again(relay_api: Any, emulator: Any, tmp_path: Path) -> None:
+    from kaggle_relay.runtime.validate import remember_sha256
+
+    data = payload(1 << 20)
+    folder = folder_with(tmp_path / "stage", data)
+    path = folder / "weights.bin"
+    # A digest the bytes do not have: if the uploader hashed the file, the upload would be rejected.
+    recorded = hashlib.sha256(b"recorded during the download").hexdigest()
+    remember_sha256(path, recorded)
+    upload.install(relay_api).expect(path, recorded)
+
+    created = publish(relay_api, folder)
+
+    assert upload.install(relay_api).sent[os.path.abspath(path)] == recorded
+    assert published_bytes(emulator, created) == data
