@@ -8,6 +8,9 @@
   RPC of a new dataset version, the resumable PUT, the version's creation)
   against a plain ``http.client`` PUT of the same file, in 1 MiB blocks, to
   an upload URL from StartBlobUpload. Target: at least 0.8.
+- Attribution rows, without targets: the download with the hash left out,
+  the upload of a file this process has not hashed before (hashed while
+  sent), and the kaggle client's own PUT, which the relay replaces.
 - Bytes: a finished version whose output holds ten checkpoints, their
   manifest and logs is harvested and published as the chain does it; the
   table shows the bytes that crossed the network each way.
@@ -29,6 +32,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from types import SimpleNamespace
 from urllib.parse import urlsplit
 
 import requests
@@ -129,17 +133,24 @@ def download_subjects(served: Served, kernel: str, work: Path) -> dict[str, Call
         assert any(path.name == Path(CHECKPOINT_NAME).name for path in outputs.files)
 
     def relay_download_unhashed() -> None:
-        # Attribution only: the same call with the sha256 thread fed nothing, to show what the hash costs.
+        # Attribution only: the same call with a digest that does nothing, to show what the hash costs.
         from kaggle_relay.relay import fetch
 
-        add = fetch._Hasher.add
-        fetch._Hasher.add = lambda self, chunk: None  # type: ignore[method-assign]
+        fetch.hashlib = SimpleNamespace(sha256=_NoDigest)  # type: ignore[assignment]
         try:
             relay_download()
         finally:
-            fetch._Hasher.add = add  # type: ignore[method-assign]
+            fetch.hashlib = hashlib
 
     return {"plain GET": plain_get, "relay download_outputs": relay_download, "relay, hash left out": relay_download_unhashed}
+
+
+class _NoDigest:
+    def update(self, data: object) -> None:
+        return None
+
+    def hexdigest(self) -> str:
+        return ""
 
 
 # --- upload -----------------------------------------------------------------------------
@@ -156,14 +167,16 @@ def upload_subjects(served: Served, checkpoint: Path, work: Path) -> dict[str, C
     dataset = DatasetRef.parse(f"{served_user(served)}/bench-transfer-upload")
     counter = iter(range(1, 1000))
 
-    def plain_put() -> None:
+    def start_upload() -> str:
         request = ApiStartBlobUploadRequest()
         request.type = ApiBlobType.DATASET
         request.name = checkpoint.name
         request.content_length = size
         with served.api.build_kaggle_client() as kaggle:
-            url = kaggle.blobs.blob_api_client.start_blob_upload(request).create_url
-        parts = urlsplit(url)
+            return str(kaggle.blobs.blob_api_client.start_blob_upload(request).create_url)
+
+    def plain_put() -> None:
+        parts = urlsplit(start_upload())
         connection = http.client.HTTPConnection(parts.hostname or "127.0.0.1", parts.port, timeout=300, blocksize=MIB)
         with open(checkpoint, "rb") as body:
             connection.request("PUT", parts.path, body=body, headers={"Content-Length": str(size)})
@@ -189,9 +202,20 @@ def upload_subjects(served: Served, checkpoint: Path, work: Path) -> dict[str, C
         finally:
             validate._HASHES.update(saved)
 
+    def client_put() -> None:
+        # Attribution only: the kaggle client's own PUT (KaggleApi.upload_complete), which the relay replaces.
+        result = type(served.api).upload_complete(served.api, str(checkpoint), start_upload(), True)
+        if result != 1:
+            raise RuntimeError(f"the client's PUT ended with result {result}")
+
     # In a chain the relay hashed the checkpoint while downloading it; do the same, untimed.
     validate.file_sha256(checkpoint)
-    return {"plain PUT": plain_put, "relay publish_folder": relay_publish, "relay, file not hashed before": relay_publish_cold}
+    return {
+        "plain PUT": plain_put,
+        "relay publish_folder": relay_publish,
+        "relay, file not hashed before": relay_publish_cold,
+        "kaggle client's own PUT": client_put,
+    }
 
 
 def served_user(served: Served) -> str:

@@ -24,7 +24,8 @@ again. Without --wait it never blocks for hours, so cron can run it every
 hour; a chain another process is advancing is skipped. Progress goes to
 stderr and to .relay/<chain>.log; the result goes to stdout. With --json,
 each chain's "timings" gives the seconds this run spent in each step
-(push, poll, harvest, publish, ready).
+(push, poll, harvest, publish, ready); harvest.download and
+harvest.validate are the parts of harvest.
 
 {exitcodes.HELP}"""
 

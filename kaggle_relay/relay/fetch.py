@@ -1,15 +1,17 @@
 """Stream one download URL to a file, hashing the bytes as they arrive.
 
-A checkpoint is gigabytes, and a sha256 pass over a gigabyte costs about as
-long as the download itself on loopback, so the hash runs in a second thread
-on the chunks the download has just written, never in a later pass over the
-file. The digest is recorded for the validator (``validate.remember_sha256``),
-which then checks the manifest's sha256 without reading the file again.
+A sha256 pass over a checkpoint of a gigabyte takes longer than its download
+over loopback, so the hash runs in a second thread on each chunk just
+written, never in a later pass over the file. The digest is recorded for the
+validator (``validate.remember_sha256``), which then checks the manifest's
+sha256 without reading the file again, and for the upload, which then sends
+the file without hashing it again.
 
-The file is written without fsync, because it is a copy of bytes that stay
-on Kaggle and waiting for the disk would halve the download rate here. A
-checkpoint cut short by a power loss fails the manifest check in the next
-process, which hashes it again, and is not published.
+The file is written without fsync. It is a copy of bytes that stay on
+Kaggle, and waiting for this disk (about 2 s per GiB with fsync) would cost
+several times the download itself. A checkpoint cut short by a power loss is
+hashed again by the next process, in validation and in the upload, and
+fails both checks against its manifest entry, so it is never published.
 """
 
 from __future__ import annotations

@@ -59,12 +59,14 @@ def harvest(context: Context, run: Run) -> CheckpointInfo | None:
     dest = download_folder(context, run)
     dest.mkdir(parents=True, exist_ok=True)
     atomic.clean_temporaries(dest)
-    outputs = download_outputs(
-        context.api,
-        context.kernel.with_version(run.kernel_version),
-        dest,
-        file_pattern=download_pattern(context.chain),
-    )
+    # "harvest.download" and "harvest.validate" are parts of the "harvest" timing, not added to it.
+    with context.timed("harvest.download"):
+        outputs = download_outputs(
+            context.api,
+            context.kernel.with_version(run.kernel_version),
+            dest,
+            file_pattern=download_pattern(context.chain),
+        )
     run.ended_by = classify_end(run.status, run.failure_message, _read_log(outputs.log_path))
     if run.ended_by == "time_limit":
         context.ledger.warn(
@@ -76,7 +78,8 @@ def harvest(context: Context, run: Run) -> CheckpointInfo | None:
         )
 
     last = context.ledger.data.handoff
-    found = examine(outputs.folder, context.chain, last_step=last.checkpoint.step if last and last.checkpoint else None)
+    with context.timed("harvest.validate"):
+        found = examine(outputs.folder, context.chain, last_step=last.checkpoint.step if last and last.checkpoint else None)
     report(context, run, found)
     restart = find_restart(found.valid, last.checkpoint) if last and last.checkpoint and run.handoff_in else None
     if restart is not None:

@@ -1,31 +1,36 @@
-"""The byte mover of dataset uploads: one streaming PUT per file, hashed as it is sent.
+"""The byte mover of dataset uploads: one streaming PUT per file, hashed while it is sent.
 
-The kaggle client (2.2.x) creates datasets and versions in three steps:
-StartBlobUpload for each file, a resumable PUT of its bytes to the returned
-URL (``KaggleApi.upload_complete``), then the create call with the upload
-tokens. The relay keeps the first and last steps and replaces only the PUT,
-on its own ``KaggleApi`` instance, because the client's PUT
+The kaggle client (2.2.x) creates a dataset version in three steps:
+StartBlobUpload for each file, a resumable PUT of the file's bytes to the
+returned URL (``KaggleApi.upload_complete``), then the create call with the
+upload tokens. The relay keeps the first and last steps and replaces only
+the PUT, on its own ``KaggleApi`` instance, because the client's PUT
 
-- reads the file in 16 KiB blocks through a progress wrapper (about half
-  the loopback rate of 1 MiB blocks, see the README's performance section);
-- runs without a timeout, so a server that stops answering hangs the relay;
-- never learns whether the bytes it sent are the ones the manifest names.
+- sends the file in 16 KiB blocks through a progress wrapper, measurably
+  slower on a fast link (the README's performance section has the figures);
+- has no timeout, so a server that stops responding hangs the relay;
+- cannot tell whether the bytes it sent are the ones the manifest names.
 
 ``StreamingUploader.upload_complete`` keeps the client's contract: the same
-arguments, the same result codes (``ResumableUploadResult``), a probe
-``PUT`` with ``Content-Range: bytes */<size>`` before resuming, a restart from
-scratch when the session is gone (404), and INCOMPLETE (try again) for a 429
-or 503, after its Retry-After, or a broken connection. On top of that it computes the sha256 of a whole-file PUT
-while it sends, and when ``expect`` registered a digest for that file, a
-difference fails the upload, so the client raises before it creates the
-version.
+arguments and result codes (``ResumableUploadResult``), a probe PUT with
+``Content-Range: bytes */<size>`` before a resume, a restart from scratch
+when the upload session is gone (404), and INCOMPLETE, so the client resumes,
+after a broken connection or a 429 or 503 (once its Retry-After has passed).
 
-``install`` checks that the client still calls ``upload_complete`` the way
-described above and raises EndpointSeamError naming what moved otherwise.
+It also computes the sha256 of each file while sending it. A resumed upload
+hashes the part sent earlier from disk first, so the digest always covers
+the whole file. A file this process already hashed (while downloading it)
+and that is unchanged since is not hashed again. When ``expect`` registered a
+digest for the file and the bytes differ, the upload raises
+CheckpointInvalidError, so the client never creates the version.
+
+``install`` checks that the client still calls ``upload_complete`` this way
+and raises EndpointSeamError naming what changed otherwise.
 """
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import inspect
 import logging
@@ -33,7 +38,7 @@ import os
 import queue
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, BinaryIO
 
@@ -58,14 +63,15 @@ _ATTRIBUTE = "_kaggle_relay_uploader"
 MAX_RETRY_AFTER = 60.0
 
 
-class _HashingReader:
-    """A read-only file whose bytes are hashed in a second thread while the caller sends them."""
+class _UploadBody:
+    """The file body of one PUT: read in 1 MiB blocks, hashed in a second thread unless the hash is known."""
 
-    def __init__(self, handle: BinaryIO, length: int, *, known: str | None = None) -> None:
+    def __init__(self, handle: BinaryIO, length: int, *, known: str | None, advance: Callable[[int], None]) -> None:
         self.handle = handle
         self.length = length
         self.digest = hashlib.sha256()
         self.known = known
+        self.advance = advance
         self._blocks: queue.Queue[bytes | None] = queue.Queue(maxsize=8)
         self._thread = threading.Thread(target=self._hash, name="relay-upload-sha256", daemon=True)
         if known is None:
@@ -76,15 +82,17 @@ class _HashingReader:
             self.digest.update(block)
 
     def read(self, size: int = -1) -> bytes:
-        block = self.handle.read(BLOCK if size is None or size < 0 else max(size, BLOCK))
+        block = self.handle.read(size if size and size > 0 else BLOCK)
         if block and self.known is None:
             self._blocks.put(block)
+        self.advance(len(block))
         return block
 
     def __len__(self) -> int:
         return self.length
 
     def finish(self) -> str:
+        """Return the sha256 of the whole file (the known one, or the one computed while sending)."""
         if self.known is not None:
             return self.known
         self._blocks.put(None)
@@ -107,7 +115,7 @@ class StreamingUploader:
         self.timeout = timeout
         self.sleep = sleep
         self.expected: dict[str, str] = {}
-        #: sha256 of each file sent whole and accepted, by path.
+        #: The sha256 of each file the server accepted, by absolute path.
         self.sent: dict[str, str] = {}
 
     def expect(self, path: Path, sha256: str) -> None:
@@ -133,7 +141,7 @@ class StreamingUploader:
                         return self._check_digest(path, _file_sha256(path))
                     if result != INCOMPLETE:
                         return result
-                return self._put(session, path, url, size, start)
+                return self._put(session, path, url, size, start, quiet)
         except (requests.RequestException, OSError) as error:
             # The client resumes after this, from what the server says it has.
             log.warning("upload of %s broke off (%s); resuming", Path(path).name, error)
@@ -160,7 +168,7 @@ class StreamingUploader:
             return EXPIRED, 0
         return INCOMPLETE, int(last) + 1
 
-    def _put(self, session: requests.Session, path: str, url: str, size: int, start: int) -> int:
+    def _put(self, session: requests.Session, path: str, url: str, size: int, start: int, quiet: bool) -> int:
         headers = {"Content-Length": str(size - start)}
         if start > 0:
             headers["Content-Range"] = f"bytes {start}-{size - 1}/{size}"
@@ -168,14 +176,14 @@ class StreamingUploader:
         # A file this process hashed while downloading it, unchanged since (same inode, size and
         # mtime), is not hashed again: on loopback the hash would halve the upload rate.
         known = known_sha256(path) if start == 0 else None
-        with open(path, "rb") as handle:
-            reader = _HashingReader(handle, size - start, known=known)
+        with open(path, "rb") as handle, _progress(Path(path).name, size, start, quiet) as advance:
+            body = _UploadBody(handle, size - start, known=known, advance=advance)
             # The server has the first ``start`` bytes from an earlier PUT; hash them from disk.
-            _hash_range(handle, start, reader.digest)
+            _hash_range(handle, start, body.digest)
             try:
-                response = session.put(url, data=reader, headers=headers, timeout=self.timeout)
+                response = session.put(url, data=body, headers=headers, timeout=self.timeout)
             finally:
-                digest = reader.finish()
+                digest = body.finish()
         if response.status_code in (429, 503):
             self._wait_retry_after(response)
             return INCOMPLETE
@@ -206,6 +214,22 @@ class StreamingUploader:
                 "changed on disk after it was validated; no version was created, publish again",
             )
         return COMPLETE
+
+
+@contextlib.contextmanager
+def _progress(name: str, size: int, start: int, quiet: bool) -> Iterator[Callable[[int], None]]:
+    """Show a byte progress bar on stderr unless ``quiet``; yield the function that advances it."""
+    if quiet:
+        yield lambda _size: None
+        return
+    from rich.console import Console
+    from rich.progress import DownloadColumn, Progress, TransferSpeedColumn
+
+    with Progress(
+        *Progress.get_default_columns(), DownloadColumn(), TransferSpeedColumn(), console=Console(stderr=True)
+    ) as progress:
+        task = progress.add_task(f"upload {name}", total=size, completed=start)
+        yield lambda sent: progress.advance(task, sent)
 
 
 def _hash_range(handle: BinaryIO, length: int, digest: Any) -> None:

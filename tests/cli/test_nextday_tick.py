@@ -99,5 +99,6 @@ def test_advance_times_every_step_of_a_day(tmp_path: Path, _isolated_kaggle_conf
         server.stop()
 
     assert outcome.state == "done"
-    assert set(outcome.timings) >= {"poll", "harvest", "publish", "push"}
+    assert set(outcome.timings) >= {"poll", "harvest", "harvest.download", "harvest.validate", "publish", "push"}
+    assert outcome.timings["harvest.download"] + outcome.timings["harvest.validate"] <= outcome.timings["harvest"]
     assert all(seconds > 0 for seconds in outcome.timings.values())

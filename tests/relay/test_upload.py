@@ -151,3 +151,17 @@ def test_file_hashed_while_downloaded_is_sent_without_hashing_again(relay_api: A
 
     assert upload.install(relay_api).sent[os.path.abspath(path)] == recorded
     assert published_bytes(emulator, created) == data
+
+
+def test_upload_with_progress_shows_a_bar_on_stderr(
+    relay_api: Any, emulator: Any, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    folder = folder_with(tmp_path / "stage", payload(2 << 20))
+
+    datasets.publish_folder(
+        relay_api, REF, folder, title="Upload Checks", notes="day one", marker="run-progress", progress=True
+    )
+
+    captured = capsys.readouterr()
+    assert "upload weights.bin" in captured.err
+    assert captured.out == ""
