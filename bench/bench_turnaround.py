@@ -104,7 +104,9 @@ def split(total: float, steps: dict[str, float], inner: dict[str, float]) -> dic
     rows = {"turnaround (whole tick)": total}
     rows["interpreter start and exit"] = inner["interpreter start"] + inner["exit"]
     rows["imports"] = inner["imports"]
-    rows["connect (kaggle client import), ledger"] = inner["main"] - sum(steps.values())
+    # Dotted names ("harvest.download") are parts of a step, already inside its own time.
+    top_level = sum(seconds for name, seconds in steps.items() if "." not in name)
+    rows["connect (kaggle client import), ledger"] = inner["main"] - top_level
     rows["poll (2 status calls)"] = steps.get("poll", 0.0)
     rows |= {label: inner.get(label, 0.0) for label in harvest}
     rows["harvest, other"] = steps.get("harvest", 0.0) - sum(inner.get(label, 0.0) for label in harvest)
