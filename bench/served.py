@@ -56,8 +56,11 @@ class Served:
 
 
 @contextmanager
-def served_emulator(root: Path, *, processing_delay: float = 0.0) -> Iterator[Served]:
-    """Start ``kaggle-relay emulator serve`` under ``root`` and connect the relay to it."""
+def served_emulator(root: Path, *, processing_delay: float = 0.0, transfer_rate_mb: float = 0.0) -> Iterator[Served]:
+    """Start ``kaggle-relay emulator serve`` under ``root`` and connect the relay to it.
+
+    ``transfer_rate_mb`` paces each transfer to that many MB/s (0: unpaced).
+    """
     data = root / "emulator"
     config = root / "kaggle-config"
     config.mkdir(parents=True, exist_ok=True)
@@ -66,6 +69,7 @@ def served_emulator(root: Path, *, processing_delay: float = 0.0) -> Iterator[Se
     command = [
         sys.executable, "-m", "kaggle_relay.cli.main", "emulator", "serve", "--data", str(data),
         "--processing-delay", str(processing_delay), "--user", f"{USER}:{KEY}",
+        "--transfer-rate", str(transfer_rate_mb),
     ]
     process = subprocess.Popen(command, stdout=subprocess.PIPE, text=True)
     try:

@@ -56,6 +56,14 @@ def add_parser(subparsers: Any) -> None:
         help="seconds a new dataset version processes before it is READY (default 2)",
     )
     serve.add_argument(
+        "--transfer-rate",
+        type=float,
+        default=0.0,
+        metavar="MB_PER_S",
+        help="pace each upload and download to this many megabytes per second, like a real link "
+        "(default 0: as fast as loopback goes)",
+    )
+    serve.add_argument(
         "--input-layout",
         choices=("flat", "nested"),
         default="flat",
@@ -110,6 +118,7 @@ def run(args: argparse.Namespace) -> int:
         session_limit=args.session_limit,
         kill_grace=args.kill_grace,
         processing_delay=args.processing_delay,
+        transfer_rate=args.transfer_rate * 1e6,
         input_layout=args.input_layout,
         keep_killed_outputs=args.keep_killed_outputs,
         **config_values,

@@ -28,6 +28,8 @@ class EmulatorConfig:
     session_limit: float = KAGGLE_SESSION_LIMIT
     kill_grace: float = 5.0
     processing_delay: float = 2.0
+    #: Bytes per second of each upload and download; 0 leaves them unpaced.
+    transfer_rate: float = 0.0
     input_layout: str = "flat"
     keep_killed_outputs: bool = False
     users: dict[str, str] = field(default_factory=lambda: {DEFAULT_USER: DEFAULT_KEY})
@@ -43,9 +45,9 @@ class EmulatorConfig:
                 f"invalid input layout {self.input_layout!r}: use 'flat' or 'nested'",
                 field="input_layout",
             )
-        if self.session_limit <= 0 or self.kill_grace < 0 or self.processing_delay < 0:
+        if self.session_limit <= 0 or self.kill_grace < 0 or self.processing_delay < 0 or self.transfer_rate < 0:
             raise ConfigError(
-                "session limit must be positive, kill grace and processing delay must not be negative"
+                "session limit must be positive; kill grace, processing delay and transfer rate must not be negative"
             )
         for token, user in self.tokens.items():
             if user not in self.users:

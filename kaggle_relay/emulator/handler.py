@@ -206,6 +206,7 @@ class Handler(BaseHTTPRequestHandler):
             self.send_header("Content-Range", f"bytes {start}-{end}/{size}")
         self.end_headers()
         to_send = length // 2 if truncate else length
+        pace = Pace(self.emulator.config.transfer_rate)
         with open(path, "rb") as handle:
             handle.seek(start)
             while to_send > 0:
@@ -214,6 +215,7 @@ class Handler(BaseHTTPRequestHandler):
                     break
                 self.wfile.write(chunk)
                 to_send -= len(chunk)
+                pace.wait(len(chunk))
         if truncate:
             self.wfile.flush()
             self._drop_connection()
@@ -360,12 +362,14 @@ class Handler(BaseHTTPRequestHandler):
             return
         remaining = int(self.headers.get("Content-Length") or 0)
         buffer = memoryview(bytearray(CHUNK))
+        pace = Pace(self.emulator.config.transfer_rate)
         while remaining > 0:
             count = self.rfile.readinto(buffer[: min(CHUNK, remaining)])
             if not count:
                 raise ConnectionResetError("client closed the connection mid-body")
             remaining -= count
             yield buffer[:count]
+            pace.wait(count)
 
     def _read_body(self) -> bytes:
         return b"".join(self._body_chunks())
@@ -399,3 +403,25 @@ class Handler(BaseHTTPRequestHandler):
         self.send_header("Location", location)
         self.send_header("Content-Length", "0")
         self.end_headers()
+
+
+class Pace:
+    """Hold a transfer to ``rate`` bytes per second (0: no limit), as a real link would."""
+
+    def __init__(
+        self, rate: float, clock: Callable[[], float] = time.monotonic, sleep: Callable[[float], None] = time.sleep
+    ) -> None:
+        self.rate = rate
+        self.clock = clock
+        self.sleep = sleep
+        self.start = clock()
+        self.moved = 0
+
+    def wait(self, count: int) -> None:
+        """Record ``count`` more bytes moved and sleep until the rate allows them."""
+        if self.rate <= 0:
+            return
+        self.moved += count
+        ahead = self.moved / self.rate - (self.clock() - self.start)
+        if ahead > 0:
+            self.sleep(ahead)

@@ -210,9 +210,9 @@ def call(
 class _ThreadStdout(io.TextIOBase):
     """``sys.stdout`` while some thread captures the client's prints: each thread writes to its own target.
 
-    ``contextlib.redirect_stdout`` swaps one process-wide object; two threads
-    that enter and leave it in crossed order leave ``sys.stdout`` pointing at a
-    finished capture, and every later line of the program vanishes.
+    ``contextlib.redirect_stdout`` swaps one process-wide object. When two
+    threads enter and leave it in crossed order, ``sys.stdout`` is left
+    pointing at a finished capture, so every later line of the program is lost.
     """
 
     def __init__(self, fallback: Any) -> None:

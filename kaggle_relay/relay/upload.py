@@ -11,11 +11,12 @@ the PUT, on its own ``KaggleApi`` instance, because the client's PUT
 - has no timeout, so a server that stops responding hangs the relay;
 - cannot tell whether the bytes it sent are the ones the manifest names.
 
-``StreamingUploader.upload_complete`` keeps the client's contract: the same
-arguments and result codes (``ResumableUploadResult``), a probe PUT with
-``Content-Range: bytes */<size>`` before a resume, a restart from scratch
-when the upload session is gone (404), and INCOMPLETE, so the client resumes,
-after a broken connection or a 429 or 503 (once its Retry-After has passed).
+``StreamingUploader.upload_complete`` keeps the client's contract. It takes
+the same arguments and returns the same codes (``ResumableUploadResult``).
+Before a resume it sends a probe PUT with ``Content-Range: bytes */<size>``.
+It restarts from scratch when the upload session is gone (404), and returns
+INCOMPLETE, so the client resumes, after a broken connection or a 429 or 503
+(once its Retry-After has passed).
 
 It also computes the sha256 of each file while sending it. A resumed upload
 hashes the part sent earlier from disk first, so the digest always covers
@@ -143,7 +144,7 @@ class StreamingUploader:
                         return result
                 return self._put(session, path, url, size, start, quiet)
         except (requests.RequestException, OSError) as error:
-            # The client resumes after this, from what the server says it has.
+            # The client resumes after this, from the offset the server reports.
             log.warning("upload of %s broke off (%s); resuming", Path(path).name, error)
             return INCOMPLETE
 
@@ -157,7 +158,7 @@ class StreamingUploader:
             log.info("the upload session expired; starting the file again")
             return EXPIRED, 0
         if response.status_code != 308:
-            log.warning("upload progress probe answered HTTP %d", response.status_code)
+            log.warning("upload progress probe failed with HTTP %d; giving up on this upload", response.status_code)
             return FAILED, 0
         received = response.headers.get("Range")
         if received is None:
@@ -188,7 +189,7 @@ class StreamingUploader:
             self._wait_retry_after(response)
             return INCOMPLETE
         if response.status_code not in (200, 201):
-            log.warning("upload of %s refused with HTTP %d", Path(path).name, response.status_code)
+            log.warning("upload of %s rejected with HTTP %d", Path(path).name, response.status_code)
             return FAILED
         return self._check_digest(path, digest)
 
@@ -199,7 +200,7 @@ class StreamingUploader:
             seconds = min(float(value), MAX_RETRY_AFTER)
         except ValueError:
             seconds = 1.0
-        log.info("the upload server answered HTTP %d; resuming in %.1f s", response.status_code, seconds)
+        log.info("upload server responded with HTTP %d; resuming in %.1f s", response.status_code, seconds)
         self.sleep(max(seconds, 0.0))
 
     def _check_digest(self, path: str, digest: str) -> int:

@@ -250,7 +250,7 @@ def test_connect_with_rejected_token_is_credentials_error(emulator: Any, monkeyp
         client.forget_clients()
 
 
-def test_stdout_capture_in_crossed_threads_leaves_stdout_as_it_was() -> None:
+def test_crossed_stdout_captures_restore_stdout() -> None:
     import io
     import sys
     import threading

@@ -367,7 +367,7 @@ def test_cut_download_is_retried(relay_api: Any, emulator: Any, tmp_path: Path) 
     assert outputs.files[0].read_bytes() == b"x" * 1000
 
 
-def test_download_records_sha256_so_validation_reads_once(relay_api: Any, emulator: Any, tmp_path: Path) -> None:
+def test_download_records_sha256(relay_api: Any, emulator: Any, tmp_path: Path) -> None:
     ref = finished(relay_api, tmp_path)
     big = os.urandom(5 << 20)
     emulator.add_output(str(ref.unversioned()), 1, "checkpoints/big.bin", big)
@@ -379,7 +379,7 @@ def test_download_records_sha256_so_validation_reads_once(relay_api: Any, emulat
     assert known_sha256(path) == hashlib.sha256(big).hexdigest()
 
 
-def test_cut_download_of_a_large_file_is_retried_whole(relay_api: Any, emulator: Any, tmp_path: Path) -> None:
+def test_cut_large_download_retried_whole(relay_api: Any, emulator: Any, tmp_path: Path) -> None:
     ref = finished(relay_api, tmp_path)
     big = os.urandom(5 << 20)
     emulator.add_output(str(ref.unversioned()), 1, "checkpoints/big.bin", big)

@@ -39,14 +39,14 @@ def payload(size: int) -> bytes:
     return os.urandom(size)
 
 
-def test_relay_client_sends_uploads_through_the_streaming_uploader(relay_api: Any) -> None:
+def test_relay_client_uses_streaming_uploader(relay_api: Any) -> None:
     uploader = upload.install(relay_api)
 
     assert relay_api.upload_complete == uploader.upload_complete
     assert upload.install(relay_api) is uploader
 
 
-def test_whole_upload_records_the_sha256_of_the_bytes_sent(relay_api: Any, emulator: Any, tmp_path: Path) -> None:
+def test_upload_records_sent_sha256(relay_api: Any, emulator: Any, tmp_path: Path) -> None:
     data = payload(3 << 20)
     folder = folder_with(tmp_path / "stage", data)
 
@@ -58,7 +58,7 @@ def test_whole_upload_records_the_sha256_of_the_bytes_sent(relay_api: Any, emula
 
 
 @pytest.mark.parametrize("kind", ["upload-stop", "503", "429", "drop"])
-def test_interrupted_upload_resumes_and_arrives_whole(relay_api: Any, emulator: Any, tmp_path: Path, kind: str) -> None:
+def test_interrupted_upload_resumes_whole(relay_api: Any, emulator: Any, tmp_path: Path, kind: str) -> None:
     data = payload(3 << 20)
     folder = folder_with(tmp_path / "stage", data)
     uploader = upload.install(relay_api)
@@ -73,7 +73,7 @@ def test_interrupted_upload_resumes_and_arrives_whole(relay_api: Any, emulator: 
     assert uploader.sent[os.path.abspath(folder / "weights.bin")] == hashlib.sha256(data).hexdigest()
 
 
-def test_upload_whose_bytes_differ_from_the_manifest_creates_no_version(
+def test_upload_mismatching_manifest_creates_no_version(
     relay_api: Any, emulator: Any, tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
     data = payload(1 << 20)
@@ -87,7 +87,7 @@ def test_upload_whose_bytes_differ_from_the_manifest_creates_no_version(
     assert not datasets.dataset_exists(relay_api, REF)
 
 
-def test_upload_that_gets_no_answer_in_time_is_resumed(
+def test_upload_timeout_resumes(
     relay_api: Any, emulator: Any, tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
     data = payload(1 << 20)
@@ -102,7 +102,7 @@ def test_upload_that_gets_no_answer_in_time_is_resumed(
     assert published_bytes(emulator, created) == data
 
 
-def test_seam_check_names_a_changed_upload_method() -> None:
+def test_seam_check_names_changed_method() -> None:
     class Moved:
         def upload_complete(self, path: str, url: str) -> None:
             return None
@@ -114,13 +114,13 @@ def test_seam_check_names_a_changed_upload_method() -> None:
         upload.check_seam(Moved)
 
 
-def test_seam_check_accepts_the_installed_kaggle_client() -> None:
+def test_seam_check_accepts_installed_client() -> None:
     from kaggle_relay.relay.endpoint import load_kaggle_api_class
 
     upload.check_seam(load_kaggle_api_class())
 
 
-def test_file_rewritten_after_its_download_hash_is_hashed_again(relay_api: Any, emulator: Any, tmp_path: Path) -> None:
+def test_upload_rehashes_rewritten_file(relay_api: Any, emulator: Any, tmp_path: Path) -> None:
     from kaggle_relay.runtime.validate import remember_sha256
 
     old = payload(1 << 20)
@@ -136,7 +136,7 @@ def test_file_rewritten_after_its_download_hash_is_hashed_again(relay_api: Any, 
         publish(relay_api, folder)
 
 
-def test_file_hashed_while_downloaded_is_sent_without_hashing_again(relay_api: Any, emulator: Any, tmp_path: Path) -> None:
+def test_upload_trusts_unchanged_download_hash(relay_api: Any, emulator: Any, tmp_path: Path) -> None:
     from kaggle_relay.runtime.validate import remember_sha256
 
     data = payload(1 << 20)
@@ -153,7 +153,7 @@ def test_file_hashed_while_downloaded_is_sent_without_hashing_again(relay_api: A
     assert published_bytes(emulator, created) == data
 
 
-def test_upload_with_progress_shows_a_bar_on_stderr(
+def test_upload_progress_goes_to_stderr(
     relay_api: Any, emulator: Any, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     folder = folder_with(tmp_path / "stage", payload(2 << 20))
