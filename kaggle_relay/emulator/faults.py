@@ -17,7 +17,8 @@ KINDS = {
     "503": "HTTP 503 (with Retry-After only when retry_after is given)",
     "drop": "the connection is closed without an answer",
     "slow": "the answer is delayed by `seconds`, then served normally",
-    "expire": "download only: HTTP 403, as from an expired signed URL",
+    "expire": "download: HTTP 403, as from an expired signed URL; upload: HTTP 404 and the upload "
+    "session is forgotten, as when it expired",
     "truncate": "download only: full Content-Length header, half the body, then the connection closes",
     "upload-stop": "upload only: the server keeps the first half of the body and answers 503, "
     "so the client probes and resumes",
@@ -26,7 +27,7 @@ KINDS = {
 }
 
 _ROUTE_ONLY = {
-    "expire": {"download"},
+    "expire": {"download", "upload"},
     "truncate": {"download"},
     "upload-stop": {"upload"},
     "version-failed": {"CreateDataset", "CreateDatasetVersion", "CreateDatasetVersionById"},

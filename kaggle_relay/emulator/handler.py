@@ -166,6 +166,10 @@ class Handler(BaseHTTPRequestHandler):
         keep_half = fault is not None and fault.kind == "upload-stop"
         if fault is not None and not keep_half:
             self._drain()
+            if fault.kind == "expire":
+                self.emulator.uploads.forget(token)
+                self._send_json(404, {"code": 404, "message": "upload session not found (injected fault)"})
+                return
             if self._answer_fault(fault):
                 return
         status, headers = self.emulator.uploads.put(

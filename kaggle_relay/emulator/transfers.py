@@ -129,6 +129,13 @@ class Uploads:
             return 308, {}
         return 308, {"Range": f"bytes=0-{received - 1}"}
 
+    def forget(self, token: str) -> None:
+        """Drop an upload session and its bytes, as Kaggle does when one expires."""
+        with self.store.change():
+            upload = self.store.uploads.pop(token, None)
+        if upload is not None:
+            self.store.resolve(upload["path"]).unlink(missing_ok=True)
+
     def claim(self, token: str) -> tuple[str, Path]:
         """Take a completed upload for a dataset version; return (file name, blob path)."""
         upload = self.store.uploads.get(token)

@@ -165,3 +165,19 @@ def test_upload_progress_goes_to_stderr(
     captured = capsys.readouterr()
     assert "upload weights.bin" in captured.err
     assert captured.out == ""
+
+
+def test_expired_upload_session_restarts_from_scratch(
+    relay_api: Any, emulator: Any, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    data = payload(3 << 20)
+    folder = folder_with(tmp_path / "stage", data)
+    emulator.faults.inject("upload", "upload-stop")
+    emulator.faults.inject("upload", "expire")
+
+    with caplog.at_level(logging.INFO, logger="kaggle_relay.relay.upload"):
+        created = publish(relay_api, folder)
+
+    assert "upload session expired" in caplog.text
+    assert emulator.faults.pending() == []
+    assert published_bytes(emulator, created) == data
