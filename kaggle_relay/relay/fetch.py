@@ -17,6 +17,7 @@ fails both checks against its manifest entry, so it is never published.
 from __future__ import annotations
 
 import hashlib
+import http.client
 import queue
 import threading
 from collections.abc import Callable, Iterator
@@ -99,7 +100,8 @@ def fetch(
     try:
         with session.send(prepared, stream=True) as response:
             response.raise_for_status()
-            expected = response.headers.get("Content-Length")
+            # With a Content-Encoding, Content-Length counts the encoded bytes, which urllib3 checks itself.
+            expected = None if _is_encoded(response) else response.headers.get("Content-Length")
             with atomic.atomic_write(target, "wb", durable=False) as handle:
                 for view in _chunks(response, hasher):
                     handle.write(view)
@@ -123,8 +125,7 @@ def _chunks(response: requests.Response, hasher: _Hasher) -> Iterator[memoryview
     through ``iter_content`` and is copied into the buffers.
     """
     raw = getattr(response.raw, "_fp", None)
-    encoded = response.headers.get("Content-Encoding", "identity").lower() not in ("", "identity")
-    if raw is None or not hasattr(raw, "readinto") or encoded:
+    if raw is None or not hasattr(raw, "readinto") or _is_encoded(response):
         for chunk in response.iter_content(CHUNK):
             for offset in range(0, len(chunk), CHUNK):
                 piece = chunk[offset : offset + CHUNK]
@@ -134,7 +135,15 @@ def _chunks(response: requests.Response, hasher: _Hasher) -> Iterator[memoryview
         return
     while True:
         view = hasher.buffer()
-        count = raw.readinto(view)
+        try:
+            count = raw.readinto(view)
+        except http.client.HTTPException as error:
+            # Reading past urllib3 loses its wrapping of http.client errors (a chunked body cut short).
+            raise requests.ConnectionError(f"the response body was cut short: {error!r}") from error
         if not count:
             return
         yield view[:count]
+
+
+def _is_encoded(response: requests.Response) -> bool:
+    return response.headers.get("Content-Encoding", "identity").lower() not in ("", "identity")

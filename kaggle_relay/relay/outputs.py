@@ -22,6 +22,7 @@ ManifestError, so a checkpoint cannot vanish silently.
 
 from __future__ import annotations
 
+import contextvars
 import logging
 import re
 from concurrent.futures import ThreadPoolExecutor
@@ -209,7 +210,12 @@ def _download_all(
     with _progress_bar(progress) as bar, ThreadPoolExecutor(
         max_workers=min(PARALLEL_DOWNLOADS, len(accepted)), thread_name_prefix="relay-download"
     ) as pool:
-        futures = [pool.submit(_download, api, ref, item, folder, path, bar) for path, item in accepted]
+        # Worker threads start with an empty context, so each task runs in a copy of this one.
+        # A chain's retry policy (``retry.policy_scope``) then applies to its downloads too.
+        futures = [
+            pool.submit(contextvars.copy_context().run, _download, api, ref, item, folder, path, bar)
+            for path, item in accepted
+        ]
         try:
             return [future.result() for future in futures]
         except BaseException:

@@ -179,9 +179,9 @@ class StreamingUploader:
         known = known_sha256(path) if start == 0 else None
         with open(path, "rb") as handle, _progress(Path(path).name, size, start, quiet) as advance:
             body = _UploadBody(handle, size - start, known=known, advance=advance)
-            # The server has the first ``start`` bytes from an earlier PUT; hash them from disk.
-            _hash_range(handle, start, body.digest)
             try:
+                # The server has the first ``start`` bytes from an earlier PUT; hash them from disk.
+                _hash_range(handle, start, body.digest)
                 response = session.put(url, data=body, headers=headers, timeout=self.timeout)
             finally:
                 digest = body.finish()
