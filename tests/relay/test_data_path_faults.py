@@ -11,6 +11,7 @@ from __future__ import annotations
 import gzip
 import hashlib
 import http.server
+import json
 import os
 import socket
 import threading
@@ -28,9 +29,18 @@ from kaggle_relay.relay.refs import KernelRef
 from kaggle_relay.runtime.atomic import TEMP_PREFIX
 from kaggle_relay.runtime.validate import known_sha256
 from tests.relay import emulated
+from tests.relay.chainkit import (
+    KERNEL,
+    finish,
+    next_day_process,
+    short_emulator,
+    wait_until,
+    write_step_project,
+)
 from tests.relay.emulated import script_kernel
 
 relay_api = emulated.relay_api
+__all__ = ["relay_api", "short_emulator"]
 
 MIB = 1 << 20
 #: Threads the data path starts; none may outlive the call that started it.
@@ -372,3 +382,33 @@ def test_upload_probe_past_file_end_leaves_no_thread(tmp_path: Path) -> None:
 
     assert result != upload.COMPLETE
     assert new_thread_names(before) == []
+
+
+# --- the CLI's stdout under faults ------------------------------------------------
+
+
+@pytest.mark.slow
+def test_next_day_json_stays_clean_under_faults(tmp_path: Path, short_emulator: Any) -> None:
+    project = write_step_project(tmp_path / "p", epochs=2)
+    faults = short_emulator.faults
+    finish(next_day_process(project))
+    wait_until(
+        lambda: short_emulator.kernels.version(KERNEL, 1)["status"] == "COMPLETE", what="version 1 to complete"
+    )
+    for kind in ("truncate", "expire", "drop", "500"):
+        faults.inject("download", kind)
+    faults.inject("upload", "upload-stop")
+    faults.inject("upload", "503", retry_after=0.01)
+
+    process = next_day_process(project, "--wait")
+    out, err = process.communicate(timeout=120)
+
+    assert faults.pending() == []
+    assert process.returncode == 0, err
+    result = json.loads(out)
+    assert result["chains"][0]["name"] == "digits"
+    # Nothing but the JSON object: the kaggle client's own prints go to the log, not to stdout.
+    assert out.strip().startswith("{")
+    assert out.strip().endswith("}")
+    assert "Upload successful" not in out
+    assert "Starting upload" not in out
