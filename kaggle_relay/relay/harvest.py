@@ -14,18 +14,19 @@ from __future__ import annotations
 
 import fnmatch
 import logging
+import math
 import re
 from dataclasses import dataclass, field
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 from typing import TYPE_CHECKING, Any
 
 from kaggle_relay.errors import CheckpointInvalidError
 from kaggle_relay.relay import stop
 from kaggle_relay.relay.config import ChainConfig
 from kaggle_relay.relay.ledger import Best, CheckpointInfo, Run, work_dir
-from kaggle_relay.relay.outputs import OUTPUT_FOLDER, download_outputs
+from kaggle_relay.relay.outputs import OUTPUT_FOLDER, OutputSet, open_outputs
 from kaggle_relay.runtime import atomic
-from kaggle_relay.runtime.manifest import MANIFEST_NAME, load_manifest
+from kaggle_relay.runtime.manifest import MANIFEST_NAME, ManifestEntry, load_manifest
 from kaggle_relay.runtime.validate import Candidate, validate_checkpoint
 
 if TYPE_CHECKING:
@@ -59,14 +60,18 @@ def harvest(context: Context, run: Run) -> CheckpointInfo | None:
     dest = download_folder(context, run)
     dest.mkdir(parents=True, exist_ok=True)
     atomic.clean_temporaries(dest)
+    last = context.ledger.data.handoff
+    last_step = last.checkpoint.step if last and last.checkpoint else None
     # "harvest.download" and "harvest.validate" are parts of the "harvest" timing, not added to it.
     with context.timed("harvest.download"):
-        outputs = download_outputs(
+        listing = open_outputs(
             context.api,
             context.kernel.with_version(run.kernel_version),
             dest,
             file_pattern=download_pattern(context.chain),
         )
+        skipped = fetch_needed(listing, context.chain, last_step)
+        outputs = listing.finish()
     run.ended_by = classify_end(run.status, run.failure_message, _read_log(outputs.log_path))
     if run.ended_by == "time_limit":
         context.ledger.warn(
@@ -77,11 +82,15 @@ def harvest(context: Context, run: Run) -> CheckpointInfo | None:
             run_id=run.run_id,
         )
 
-    last = context.ledger.data.handoff
     with context.timed("harvest.validate"):
-        found = examine(outputs.folder, context.chain, last_step=last.checkpoint.step if last and last.checkpoint else None)
+        found = examine(outputs.folder, context.chain, last_step=last_step)
     report(context, run, found)
-    restart = find_restart(found.valid, last.checkpoint) if last and last.checkpoint and run.handoff_in else None
+    if skipped:
+        log.info("not downloaded (the manifest lists them as neither the newest nor the best): %s",
+                 ", ".join(Path(c.path).name for c in skipped))
+    # Skipped checkpoints still count as evidence of a restart, by the steps their manifest records.
+    evidence = found.valid + skipped
+    restart = find_restart(evidence, last.checkpoint) if last and last.checkpoint and run.handoff_in else None
     if restart is not None:
         _fail_restart(context, run, restart, last)
         return None
@@ -92,6 +101,78 @@ def harvest(context: Context, run: Run) -> CheckpointInfo | None:
     run.outcome = stop.progress_outcome(context.chain, context.ledger.runs[:-1], found.newest)
     run.partial = run.ended_by != "complete"
     return found.newest
+
+
+def fetch_needed(listing: OutputSet, chain: ChainConfig, last_step: int | None) -> list[Candidate]:
+    """Download what the handoff needs from ``listing``; return the checkpoints left on Kaggle.
+
+    A checkpoint that a manifest in the outputs records is downloaded only
+    when it is the newest one newer than ``last_step`` that turns out valid
+    (trying the next newest after an invalid one), or the best by the chain's
+    metric. Everything else that matches (manifests, carried files,
+    checkpoints no manifest records) is downloaded and validated as before.
+    The returned stand-ins carry the steps, epochs and metrics the manifest
+    records, for the restart check; they are not validated.
+    """
+    manifests = [name for name in listing.names if PurePosixPath(name).name == MANIFEST_NAME]
+    listing.fetch(manifests)
+    recorded = _recorded_checkpoints(listing, manifests)
+    listing.fetch([name for name in listing.names if name not in recorded and name not in manifests])
+
+    newer = [name for name, entry in recorded.items() if last_step is None or (entry.step is not None and entry.step > last_step)]
+    newer.sort(key=lambda name: (_step_or_minus(recorded[name].step), recorded[name].created), reverse=True)
+    for name in newer:
+        path = listing.fetch([name])[0]
+        if validate_checkpoint(path, require_keys=chain.require_keys, metric=chain.metric).valid:
+            break
+    best = _best_recorded(recorded, chain)
+    if best is not None:
+        listing.fetch([best])
+    fetched = set(listing.fetched)
+    return [
+        Candidate(
+            path=str(listing.folder / name), format=entry.format, bytes=entry.bytes, valid=True,
+            epoch=entry.epoch, step=entry.step, metrics=dict(entry.metrics), run_id=entry.run_id,
+            created=entry.created, notes=["recorded in the manifest; not downloaded"],
+        )
+        for name, entry in recorded.items()
+        if name not in fetched
+    ]
+
+
+def _recorded_checkpoints(listing: OutputSet, manifests: list[str]) -> dict[str, ManifestEntry]:
+    """Map each listed checkpoint that a downloaded manifest records to its entry."""
+    recorded: dict[str, ManifestEntry] = {}
+    for name in manifests:
+        try:
+            manifest = load_manifest(listing.path_of(name).parent)
+        except (ValueError, OSError) as error:
+            log.warning("unreadable %s (%s); downloading every checkpoint beside it", name, error)
+            continue
+        if manifest is None:
+            continue
+        parent = PurePosixPath(name).parent
+        for entry in manifest.files:
+            listed = (parent / entry.file).as_posix()
+            if listed in listing.accepted and entry.sha256:
+                recorded[listed] = entry
+    return recorded
+
+
+def _best_recorded(recorded: dict[str, ManifestEntry], chain: ChainConfig) -> str | None:
+    metric = chain.metric
+    if not metric:
+        return None
+    scored = [(name, entry.metrics.get(metric)) for name, entry in recorded.items()]
+    finite = [(name, value) for name, value in scored if value is not None and math.isfinite(value)]
+    if not finite:
+        return None
+    sign = -1.0 if chain.mode == "min" else 1.0
+    return max(finite, key=lambda item: (sign * item[1], _step_or_minus(recorded[item[0]].step)))[0]
+
+
+def _step_or_minus(step: int | None) -> int:
+    return step if step is not None else -1
 
 
 @dataclass

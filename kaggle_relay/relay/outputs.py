@@ -107,20 +107,76 @@ def download_outputs(
     client's ``--file-pattern``; with it, the manifest check covers only the
     names it matches.
     """
+    listing = open_outputs(api, ref, dest, file_pattern=file_pattern, progress=progress)
+    listing.fetch(listing.names)
+    return listing.finish()
+
+
+def open_outputs(
+    api: KaggleApi,
+    ref: KernelRef,
+    dest: Path,
+    *,
+    file_pattern: str | None = None,
+    progress: bool = False,
+) -> OutputSet:
+    """List the outputs of ``ref``, check their names and return them, to download on demand.
+
+    Files of an earlier download into ``dest`` that the listing lacks are removed.
+    """
     ref.require_version()
     listed, run_log = list_outputs(api, ref)
     pattern = re.compile(file_pattern) if file_pattern else None
     wanted = [item for item in listed if pattern is None or pattern.search(item.name)]
-
     folder = dest / OUTPUT_FOLDER
     accepted, refused = _split_by_name(wanted)
     _remove_stale(folder, {str(path) for path, _ in accepted})
-    files = _download_all(api, ref, accepted, folder, progress)
-    log_path = _write_log(dest, ref, run_log)
-    outputs = Outputs(folder=folder, files=files, log_path=log_path, refused=refused)
-    check_manifest_arrived(outputs, pattern)
-    log.info("downloaded %d output files of %s into %s", len(files), ref, folder)
-    return outputs
+    return OutputSet(api, ref, dest, folder, {item.name: (path, item) for path, item in accepted}, refused, run_log, pattern, progress)
+
+
+class OutputSet:
+    """The accepted outputs of one version, downloaded into ``folder`` only when asked for."""
+
+    def __init__(
+        self, api: KaggleApi, ref: KernelRef, dest: Path, folder: Path,
+        accepted: dict[str, tuple[PurePosixPath, ListedFile]], refused: list[UnsafeOutputPathError],
+        run_log: str, pattern: re.Pattern[str] | None, progress: bool,
+    ) -> None:
+        self.api, self.ref, self.dest, self.folder = api, ref, dest, folder
+        self.accepted = accepted
+        self.refused = refused
+        self.run_log = run_log
+        self.pattern = pattern
+        self.progress = progress
+        #: Listing names downloaded so far, in the order they were asked for.
+        self.fetched: list[str] = []
+
+    @property
+    def names(self) -> list[str]:
+        """The listing names that passed the name checks (and the file pattern)."""
+        return list(self.accepted)
+
+    def path_of(self, name: str) -> Path:
+        """Return where the output ``name`` is (or will be) downloaded."""
+        return self.folder.joinpath(*self.accepted[name][0].parts)
+
+    def fetch(self, names: list[str]) -> list[Path]:
+        """Download the outputs ``names`` not downloaded yet, several at once; return every path asked for."""
+        missing = [name for name in dict.fromkeys(names) if name not in self.fetched]
+        _download_all(self.api, self.ref, [self.accepted[name] for name in missing], self.folder, self.progress)
+        self.fetched.extend(missing)
+        return [self.path_of(name) for name in names]
+
+    def finish(self) -> Outputs:
+        """Write the run log and check that every file a manifest records is in the listing."""
+        files = [self.path_of(name) for name in self.accepted if name in self.fetched]
+        log_path = _write_log(self.dest, self.ref, self.run_log)
+        outputs = Outputs(folder=self.folder, files=files, log_path=log_path, refused=self.refused)
+        check_manifest_arrived(outputs, self.pattern, listed={self.path_of(name) for name in self.accepted})
+        skipped = len(self.accepted) - len(files)
+        log.info("downloaded %d output files of %s into %s%s", len(files), self.ref, self.folder,
+                 f" ({skipped} not needed)" if skipped else "")
+        return outputs
 
 
 def list_outputs(api: KaggleApi, ref: KernelRef) -> tuple[list[ListedFile], str]:
@@ -301,9 +357,15 @@ def _write_log(dest: Path, ref: KernelRef, run_log: str) -> Path | None:
     return path
 
 
-def check_manifest_arrived(outputs: Outputs, pattern: re.Pattern[str] | None = None) -> None:
-    """Raise ManifestError when a manifest among the outputs names a file that did not arrive."""
-    arrived = {path.resolve() for path in outputs.files}
+def check_manifest_arrived(
+    outputs: Outputs, pattern: re.Pattern[str] | None = None, *, listed: set[Path] | None = None
+) -> None:
+    """Raise ManifestError when a manifest among the outputs names a file that did not arrive.
+
+    With ``listed`` (the paths of every accepted output, downloaded or not), a
+    file counts as arrived when it is among them.
+    """
+    arrived = {path.resolve() for path in (listed if listed is not None else outputs.files)}
     for manifest_path in outputs.files:
         if manifest_path.name != MANIFEST_NAME:
             continue

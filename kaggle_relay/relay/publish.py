@@ -50,7 +50,7 @@ from kaggle_relay.runtime.manifest import (
     utc_now,
 )
 from kaggle_relay.runtime.select import DEFAULT_PATTERNS, scan
-from kaggle_relay.runtime.validate import Candidate, file_sha256
+from kaggle_relay.runtime.validate import Candidate, file_sha256, known_sha256, remember_sha256
 
 if TYPE_CHECKING:
     from kaggle.api.kaggle_api_extended import KaggleApi
@@ -240,10 +240,15 @@ def _place(source: Path, target: Path) -> None:
     if source.is_dir():
         shutil.copytree(source, target)
         return
+    known = known_sha256(source)
     try:
         os.link(source, target)
     except OSError:
         shutil.copyfile(source, target)
+        return
+    if known is not None:
+        # The new link changed the file's ctime, which is part of the hash cache's key.
+        remember_sha256(target, known)
 
 
 def _size(path: Path) -> int:

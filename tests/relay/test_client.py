@@ -253,16 +253,15 @@ def test_connect_with_rejected_token_is_credentials_error(emulator: Any, monkeyp
 def test_crossed_stdout_captures_restore_stdout() -> None:
     import io
     import sys
-    import threading
 
     original = sys.stdout
     first, second = io.StringIO(), io.StringIO()
-    first_in, second_in, first_out = threading.Event(), threading.Event(), threading.Event()
+    first_in, second_in, main_done, first_out = (threading.Event() for _ in range(4))
 
     def first_thread() -> None:
         with client.capture_stdout(first):
             first_in.set()
-            second_in.wait(5)
+            main_done.wait(5)
             print("from the first thread")
         first_out.set()
 
@@ -276,11 +275,13 @@ def test_crossed_stdout_captures_restore_stdout() -> None:
     threads = [threading.Thread(target=first_thread), threading.Thread(target=second_thread)]
     for thread in threads:
         thread.start()
+    # Both captures are open now, and stay open until main_done.
     second_in.wait(5)
     main_line = io.StringIO()
     sys.stdout.fallback, saved = main_line, sys.stdout.fallback  # type: ignore[attr-defined]
     print("from the main thread")
     sys.stdout.fallback = saved  # type: ignore[attr-defined]
+    main_done.set()
     for thread in threads:
         thread.join(5)
 

@@ -15,7 +15,14 @@ import torch
 
 from kaggle_relay.relay import chain as chains
 from kaggle_relay.relay.config import ChainConfig, Quota, load_config
-from kaggle_relay.relay.harvest import classify_end, examine, find_restart, report
+from kaggle_relay.relay.harvest import (
+    classify_end,
+    examine,
+    find_restart,
+    harvest,
+    output_folder,
+    report,
+)
 from kaggle_relay.relay.ledger import CheckpointInfo, Ledger, Run
 from kaggle_relay.runtime.manifest import MANIFEST_NAME
 from kaggle_relay.runtime.save import save_checkpoint
@@ -26,8 +33,9 @@ from tests.relay.chainkit import (
     start_emulator,
     write_step_project,
 )
+from tests.relay.emulated import relay_api
 
-__all__ = ["short_emulator"]
+__all__ = ["relay_api", "short_emulator"]
 
 TIMEOUT_LOG = "Execution timed out: the session limit of 10 seconds was reached"
 
@@ -283,3 +291,84 @@ def test_find_restart_ignores_reset_step_counter(tmp_path: Path) -> None:
     found = examine(tmp_path, chain_config(), last_step=handed.step)
 
     assert find_restart(found.valid, handed) is None
+
+
+# --- selective download: only what the handoff needs ------------------------------------------
+
+
+def finished_session(relay_api: Any, emulator: Any, tmp_path: Path, accuracies: list[float]) -> tuple[str, Path]:
+    """Push a kernel that ends at once and give its version 1 the checkpoints of ``accuracies`` as outputs."""
+    from kaggle_relay.relay import kernels
+    from tests.relay.emulated import script_kernel
+
+    pushed = kernels.push_kernel(relay_api, script_kernel(tmp_path, "relay-chain-test", "print('done')\n"))
+    kernels.wait_for_kernel(relay_api, pushed.ref, timeout=60, interval=0.1)
+    local = tmp_path / "saved" / "checkpoints"
+    save_epochs(local, accuracies)
+    kernel = str(pushed.ref.unversioned())
+    for path in sorted(local.iterdir()):
+        emulator.add_output(kernel, 1, f"checkpoints/{path.name}", path.read_bytes())
+    return kernel, local
+
+
+def harvest_context(relay_api: Any, tmp_path: Path, kernel: str, **settings: Any) -> tuple[Any, Run]:
+    config = ChainConfig(name="digits", kernel=kernel, dataset="relay-tester/handoff-data",
+                         patterns=["ckpt-*.pt"], require_keys=["model"], **settings)
+    ledger = Ledger.open(tmp_path / ".relay", "digits")
+    context = chains.Context(config, ledger, api=relay_api, quota=Quota(), state_dir=tmp_path / ".relay",
+                             hook=lambda _step: None)
+    run = Run(day=1, run_id="r1", kernel_version=1, status="complete")
+    ledger.runs.append(run)
+    return context, run
+
+
+def downloaded(context: Any, run: Run) -> list[str]:
+    folder = output_folder(context, run) / "checkpoints"
+    return sorted(path.name for path in folder.iterdir())
+
+
+def test_harvest_downloads_newest_and_best_only(relay_api: Any, emulator: Any, tmp_path: Path) -> None:
+    kernel, _ = finished_session(relay_api, emulator, tmp_path, [0.5, 0.9, 0.6, 0.7])
+    context, run = harvest_context(relay_api, tmp_path, kernel, metric="val_acc", mode="max")
+
+    found = harvest(context, run)
+
+    assert found is not None
+    assert found.file == "checkpoints/ckpt-0003.pt"
+    assert downloaded(context, run) == ["ckpt-0001.pt", "ckpt-0003.pt", MANIFEST_NAME]
+    assert context.ledger.data.best is not None
+    assert context.ledger.data.best.checkpoint.file == "checkpoints/ckpt-0001.pt"
+
+
+def test_harvest_falls_back_when_newest_is_corrupt(relay_api: Any, emulator: Any, tmp_path: Path) -> None:
+    kernel, local = finished_session(relay_api, emulator, tmp_path, [0.5, 0.6, 0.7])
+    # Replace version 1's newest output with the same size of other bytes: its sha256 no longer matches.
+    corrupt = bytearray((local / "ckpt-0002.pt").read_bytes())
+    corrupt[len(corrupt) // 2] ^= 0xFF
+    entries = emulator.kernels.version(kernel, 1)["outputs"]
+    newest = next(entry for entry in entries if entry["name"] == "checkpoints/ckpt-0002.pt")
+    emulator.store.resolve(newest["path"]).write_bytes(bytes(corrupt))
+    context, run = harvest_context(relay_api, tmp_path, kernel)
+
+    found = harvest(context, run)
+
+    assert found is not None
+    assert found.file == "checkpoints/ckpt-0001.pt"
+    assert downloaded(context, run) == ["ckpt-0001.pt", "ckpt-0002.pt", MANIFEST_NAME]
+    assert "ckpt-0002.pt" in context.ledger.data.warnings[0].message
+
+
+def test_harvest_counts_skipped_checkpoints_as_restart_evidence(relay_api: Any, emulator: Any, tmp_path: Path) -> None:
+    from kaggle_relay.relay.ledger import DatasetPin, Handoff
+
+    kernel, _ = finished_session(relay_api, emulator, tmp_path, [0.5, 0.6, 0.7])
+    context, run = harvest_context(relay_api, tmp_path, kernel)
+    handed = CheckpointInfo(file="ckpt-0009.pt", epoch=9, step=10)
+    context.ledger.data.handoff = Handoff(dataset="relay-tester/handoff-data", version=3, run_id="r0", checkpoint=handed)
+    run.handoff_in = DatasetPin(dataset="relay-tester/handoff-data", version=3)
+
+    found = harvest(context, run)
+
+    assert found is None
+    assert context.ledger.state == "failed"
+    assert downloaded(context, run) == [MANIFEST_NAME]
