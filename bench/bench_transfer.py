@@ -240,15 +240,13 @@ def settle_emulator(served: Served) -> None:
 
 def bytes_per_day(served: Served, root: Path) -> dict[str, int]:
     """Harvest and publish a version with ten checkpoints and logs; return the bytes each way."""
-    import fnmatch
-
     import torch
 
-    from kaggle_relay.relay.outputs import download_outputs
+    from kaggle_relay.relay.config import ChainConfig
+    from kaggle_relay.relay.harvest import download_pattern, fetch_needed
+    from kaggle_relay.relay.outputs import open_outputs
     from kaggle_relay.relay.publish import publish_checkpoints
     from kaggle_relay.relay.refs import DatasetRef, KernelRef
-    from kaggle_relay.runtime.manifest import MANIFEST_NAME
-    from kaggle_relay.runtime.select import DEFAULT_PATTERNS
 
     kernel = push_quick_kernel(served, root, "bench-ten-checkpoints")
     source = served.imports / "ten"
@@ -266,13 +264,14 @@ def bytes_per_day(served: Served, root: Path) -> dict[str, int]:
         served.add_output(kernel, 1, f"{folder}/{path.name}", path.relative_to(served.imports))
     in_output = sum(path.stat().st_size for path in source.iterdir())
 
-    # The pattern a chain with default settings downloads (relay/harvest.py, download_pattern).
-    globs = [*DEFAULT_PATTERNS, MANIFEST_NAME]
-    pattern = "(?:^|/)(?:" + "|".join(fnmatch.translate(glob) for glob in globs) + ")"
-    outputs = download_outputs(served.api, KernelRef.parse(kernel).with_version(1), root / "harvest", file_pattern=pattern)
+    # The harvest of a chain with default settings: its download pattern, then only the needed files.
+    chain = ChainConfig(name="bench", kernel=kernel, dataset=f"{served_user(served)}/bench-ten-checkpoints")
+    listing = open_outputs(served.api, KernelRef.parse(kernel).with_version(1), root / "harvest",
+                           file_pattern=download_pattern(chain))
+    fetch_needed(listing, chain, last_step=None)
+    outputs = listing.finish()
     result = publish_checkpoints(
-        served.api, outputs.folder / "checkpoints", DatasetRef.parse(f"{served_user(served)}/bench-ten-checkpoints"),
-        run_id="bench-ten", timeout=60,
+        served.api, outputs.folder / "checkpoints", DatasetRef.parse(chain.dataset), run_id="bench-ten", timeout=60,
     )
     selected = Path(result.checkpoint.path).stat().st_size if result.checkpoint else 0
     return {
@@ -288,8 +287,9 @@ def print_bytes(counts: dict[str, int]) -> None:
     print("\n== bytes moved for one day: ten 8 MiB checkpoints, their manifest and logs")
     for name, count in counts.items():
         print(f"  {name.ljust(width)}  {count / 1e6:10.2f} MB")
-    share = counts["uploaded by the relay"] / counts["in the version's output"]
-    print(f"  info  uploaded / output: {share:.3f}; the upload is the selected checkpoint and the manifest")
+    output = counts["in the version's output"]
+    print(f"  info  downloaded / output: {counts['downloaded by the relay'] / output:.3f}; "
+          f"uploaded / output: {counts['uploaded by the relay'] / output:.3f}")
 
 
 # --- a paced link ---------------------------------------------------------------------

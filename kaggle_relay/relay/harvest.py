@@ -2,12 +2,13 @@
 
 Every finished version is harvested, whatever its status: a run that ended
 in ``error`` may still have saved a valid checkpoint before it failed. Only
-the files the handoff needs are downloaded (checkpoints by the chain's
-patterns, the manifest, carried files) plus the run log. Each checkpoint is
-checked with the runtime's own validator, and the newest valid one is handed
-over only when it is newer than the last handoff; a truncated file, a file
-whose hash does not match its manifest entry, or an older step is never
-published, and the log gives the reason.
+the files the handoff needs are downloaded, plus the run log: manifests,
+carried files, checkpoints no manifest records, and of the recorded ones the
+newest valid one and the best by metric (see ``fetch_needed``). Each
+downloaded checkpoint is checked with the runtime's own validator. The newest
+valid one is handed over only when it is newer than the last handoff. A
+truncated file, a file whose hash does not match its manifest entry, or an
+older step is never published, and the log gives the reason.
 """
 
 from __future__ import annotations
