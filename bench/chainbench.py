@@ -15,7 +15,6 @@ import importlib
 import json
 import os
 import re
-import signal
 import subprocess
 import sys
 import time
@@ -27,6 +26,8 @@ from pathlib import Path
 from typing import Any
 
 import requests
+
+from bench.served import emulator_subprocess, write_credentials
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -93,32 +94,15 @@ class EmulatorProcess:
 @contextmanager
 def emulator(folder: Path, *, processing_delay: float = 0.0, session_limit: float = 3600.0) -> Iterator[EmulatorProcess]:
     """Start ``kaggle-relay emulator serve`` on a free loopback port; stop it (and its runs) on exit."""
-    config = folder / "kaggle-config"
-    config.mkdir(parents=True, exist_ok=True)
-    credentials = config / "kaggle.json"
-    credentials.write_text(json.dumps({"username": USER, "key": KEY}), encoding="utf-8")
-    credentials.chmod(0o600)
+    write_credentials(folder, USER, KEY)
     log_path = folder / "emulator.log"
-    command = [
-        str(entry_point()), "--debug", "emulator", "serve", "--host", "127.0.0.1", "--port", "0",
+    arguments = [
+        "--debug", "emulator", "serve", "--host", "127.0.0.1", "--port", "0",
         "--data", str(folder / "emulator-data"), "--user", f"{USER}:{KEY}",
         "--processing-delay", f"{processing_delay:g}", "--session-limit", f"{session_limit:g}", "--kill-grace", "1",
     ]
-    with log_path.open("w", encoding="utf-8") as log_file:
-        process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=log_file, text=True)
-        try:
-            assert process.stdout is not None
-            url = process.stdout.readline().strip()
-            if not url.startswith("http://127.0.0.1:"):
-                raise RuntimeError(f"the emulator did not start (first line {url!r}); see {log_path}")
-            yield EmulatorProcess(url=url, folder=folder, process=process, log_path=log_path)
-        finally:
-            process.send_signal(signal.SIGTERM)
-            try:
-                process.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                process.kill()
-                process.wait()
+    with emulator_subprocess(arguments, log_path) as (process, url):
+        yield EmulatorProcess(url=url, folder=folder, process=process, log_path=log_path)
 
 
 def write_chains(project: Path, names: Sequence[str], script: str, *, extra: str = "") -> Path:
@@ -168,7 +152,7 @@ def states(document: dict[str, Any]) -> Counter[str]:
 #: (module, function name, label) of the functions timed inside harvest and publish. A label gets the
 #: time of its function minus the time of any timed function it calls, so the labels never overlap.
 TIMED_FUNCTIONS = (
-    ("kaggle_relay.relay.harvest", "download_outputs", "harvest download"),
+    ("kaggle_relay.relay.harvest", "fetch_needed", "harvest download"),
     ("kaggle_relay.relay.harvest", "examine", "validate (harvest)"),
     ("kaggle_relay.relay.publish", "select_checkpoint", "validate (publish)"),
     ("kaggle_relay.relay.publish", "stage_handoff", "stage"),

@@ -7,6 +7,7 @@ benchmark would measure their sum.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import subprocess
@@ -55,6 +56,43 @@ class Served:
         return rss_mib(self.process.pid)
 
 
+def write_credentials(folder: Path, user: str, key: str) -> Path:
+    """Write throwaway credentials into ``folder``/kaggle-config; return that folder (a KAGGLE_CONFIG_DIR)."""
+    config = folder / "kaggle-config"
+    config.mkdir(parents=True, exist_ok=True)
+    credentials = config / "kaggle.json"
+    credentials.write_text(json.dumps({"username": user, "key": key}), encoding="utf-8")
+    credentials.chmod(0o600)
+    return config
+
+
+@contextmanager
+def emulator_subprocess(arguments: list[str], log_path: Path | None = None) -> Iterator[tuple[subprocess.Popen[str], str]]:
+    """Run ``kaggle-relay <arguments>`` (an ``emulator serve``), yield it and its URL, stop it on exit.
+
+    Its stderr goes to ``log_path`` when given, else to this process's stderr.
+    """
+    command = [sys.executable, "-m", "kaggle_relay.cli.main", *arguments]
+    with contextlib.ExitStack() as stack:
+        log_file = stack.enter_context(log_path.open("w", encoding="utf-8")) if log_path else None
+        process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=log_file, text=True)
+        try:
+            assert process.stdout is not None
+            url = process.stdout.readline().strip()
+            if not url.startswith("http://127.0.0.1:"):
+                raise RuntimeError(f"the emulator did not start (first line {url!r}); see {log_path or 'stderr'}")
+            yield process, url
+        finally:
+            process.terminate()
+            try:
+                process.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                process.kill()
+                process.wait()
+            if process.stdout is not None:
+                process.stdout.close()
+
+
 @contextmanager
 def served_emulator(root: Path, *, processing_delay: float = 0.0, transfer_rate_mb: float = 0.0) -> Iterator[Served]:
     """Start ``kaggle-relay emulator serve`` under ``root`` and connect the relay to it.
@@ -62,21 +100,12 @@ def served_emulator(root: Path, *, processing_delay: float = 0.0, transfer_rate_
     ``transfer_rate_mb`` paces each transfer to that many MB/s (0: unpaced).
     """
     data = root / "emulator"
-    config = root / "kaggle-config"
-    config.mkdir(parents=True, exist_ok=True)
-    (config / "kaggle.json").write_text(json.dumps({"username": USER, "key": KEY}), encoding="utf-8")
-    (config / "kaggle.json").chmod(0o600)
-    command = [
-        sys.executable, "-m", "kaggle_relay.cli.main", "emulator", "serve", "--data", str(data),
-        "--processing-delay", str(processing_delay), "--user", f"{USER}:{KEY}",
-        "--transfer-rate", str(transfer_rate_mb),
+    config = write_credentials(root, USER, KEY)
+    arguments = [
+        "emulator", "serve", "--data", str(data), "--processing-delay", str(processing_delay),
+        "--user", f"{USER}:{KEY}", "--transfer-rate", str(transfer_rate_mb),
     ]
-    process = subprocess.Popen(command, stdout=subprocess.PIPE, text=True)
-    try:
-        assert process.stdout is not None
-        url = process.stdout.readline().strip()
-        if not url.startswith("http://127.0.0.1:"):
-            raise RuntimeError(f"the emulator did not start (first line: {url!r})")
+    with emulator_subprocess(arguments) as (process, url):
         os.environ["KAGGLE_CONFIG_DIR"] = str(config)
         os.environ["KAGGLE_RELAY_API_ENDPOINT"] = url
         # The kaggle client keeps its resumable-upload state in the temp folder.
@@ -85,13 +114,6 @@ def served_emulator(root: Path, *, processing_delay: float = 0.0, transfer_rate_
 
         client.forget_clients()
         yield Served(url, data, client.connect(timeout=(10.0, 300.0)), process)
-    finally:
-        process.terminate()
-        try:
-            process.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
 
 
 def push_quick_kernel(served: Served, root: Path, slug: str) -> str:
