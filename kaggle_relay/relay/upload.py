@@ -167,7 +167,14 @@ class StreamingUploader:
         if not last.isdigit():
             log.warning("unreadable Range header %r in the upload progress; starting the file again", received)
             return EXPIRED, 0
-        return INCOMPLETE, int(last) + 1
+        start = int(last) + 1
+        if start > size:
+            log.warning("the upload server reports %d bytes of a %d-byte file; starting the file again", start, size)
+            return EXPIRED, 0
+        if start == size:
+            # Every byte arrived, though the server said 308: a resume PUT would have an empty range.
+            return COMPLETE, size
+        return INCOMPLETE, start
 
     def _put(self, session: requests.Session, path: str, url: str, size: int, start: int, quiet: bool) -> int:
         headers = {"Content-Length": str(size - start)}

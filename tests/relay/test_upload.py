@@ -181,3 +181,37 @@ def test_expired_upload_session_restarts_from_scratch(
     assert "upload session expired" in caplog.text
     assert emulator.faults.pending() == []
     assert published_bytes(emulator, created) == data
+
+
+def test_probe_covering_whole_file_completes_upload(tmp_path: Path) -> None:
+    import http.server
+    import threading
+
+    data = payload(500)
+    path = tmp_path / "weights.bin"
+    path.write_bytes(data)
+
+    class Covering(http.server.BaseHTTPRequestHandler):
+        def do_PUT(self) -> None:
+            self.rfile.read(int(self.headers.get("Content-Length") or 0))
+            self.send_response(308)
+            self.send_header("Range", f"bytes=0-{len(data) - 1}")
+            self.send_header("Content-Length", "0")
+            self.end_headers()
+
+        def log_message(self, format: str, *args: Any) -> None:
+            return None
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Covering)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        uploader = upload.StreamingUploader(timeout=(5.0, 5.0))
+        uploader.expect(path, hashlib.sha256(data).hexdigest())
+        result = uploader.upload_complete(str(path), f"http://127.0.0.1:{server.server_address[1]}/blob", True, resume=True)
+    finally:
+        server.shutdown()
+        server.server_close()
+
+    assert result == upload.COMPLETE
+    assert uploader.sent[os.path.abspath(path)] == hashlib.sha256(data).hexdigest()
