@@ -345,7 +345,8 @@ _HASHES: dict[tuple[int, int, int, int, int], str] = {}
 def _hash_key(path: str | os.PathLike[str]) -> tuple[int, int, int, int, int]:
     # The file's identity, not its name, so a hard link shares the hash. A rewrite changes the
     # mtime or the ctime: a new file in a reused inode with its old mtime restored (cp -p) still
-    # gets a new ctime. Adding a link changes the ctime too, so whoever links re-records the hash.
+    # gets a new ctime. Adding a link changes the ctime too, so the code that links a hashed file
+    # records its hash again (publish._place).
     stat = os.stat(path)
     return (stat.st_dev, stat.st_ino, stat.st_size, stat.st_mtime_ns, stat.st_ctime_ns)
 
