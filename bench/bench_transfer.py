@@ -11,8 +11,8 @@
 - Attribution rows, without targets: the download with the hash left out,
   the upload of a file this process has not hashed before (hashed while
   sent), and the kaggle client's own PUT, which the relay replaces.
-- Bytes: a finished version whose output holds ten checkpoints, their
-  manifest and logs is harvested and published as the chain does it; the
+- Bytes: a finished version whose output contains ten checkpoints, their
+  manifest and logs is harvested and published as the chain does it. The
   table shows the bytes that crossed the network each way.
 
 The emulator runs in its own process (``bench/served.py``). Before each timed

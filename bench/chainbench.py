@@ -27,7 +27,8 @@ from typing import Any
 
 import requests
 
-from bench.served import emulator_subprocess, write_credentials
+from bench.served import write_credentials
+from kaggle_relay.cli.rehearse import serve_emulator
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -101,7 +102,7 @@ def emulator(folder: Path, *, processing_delay: float = 0.0, session_limit: floa
         "--data", str(folder / "emulator-data"), "--user", f"{USER}:{KEY}",
         "--processing-delay", f"{processing_delay:g}", "--session-limit", f"{session_limit:g}", "--kill-grace", "1",
     ]
-    with emulator_subprocess(arguments, log_path) as (process, url):
+    with serve_emulator(arguments, log_path) as (process, url):
         yield EmulatorProcess(url=url, folder=folder, process=process, log_path=log_path)
 
 

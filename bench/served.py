@@ -7,11 +7,9 @@ benchmark would measure their sum.
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
 import subprocess
-import sys
 import tempfile
 import time
 from collections.abc import Iterator
@@ -21,6 +19,8 @@ from pathlib import Path
 from typing import Any
 
 import requests
+
+from kaggle_relay.cli.rehearse import serve_emulator
 
 USER = "bench-user"
 KEY = "bench-key"
@@ -67,33 +67,6 @@ def write_credentials(folder: Path, user: str, key: str) -> Path:
 
 
 @contextmanager
-def emulator_subprocess(arguments: list[str], log_path: Path | None = None) -> Iterator[tuple[subprocess.Popen[str], str]]:
-    """Run ``kaggle-relay <arguments>`` (an ``emulator serve``), yield it and its URL, stop it on exit.
-
-    Its stderr goes to ``log_path`` when given, else to this process's stderr.
-    """
-    command = [sys.executable, "-m", "kaggle_relay.cli.main", *arguments]
-    with contextlib.ExitStack() as stack:
-        log_file = stack.enter_context(log_path.open("w", encoding="utf-8")) if log_path else None
-        process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=log_file, text=True)
-        try:
-            assert process.stdout is not None
-            url = process.stdout.readline().strip()
-            if not url.startswith("http://127.0.0.1:"):
-                raise RuntimeError(f"the emulator did not start (first line {url!r}); see {log_path or 'stderr'}")
-            yield process, url
-        finally:
-            process.terminate()
-            try:
-                process.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                process.kill()
-                process.wait()
-            if process.stdout is not None:
-                process.stdout.close()
-
-
-@contextmanager
 def served_emulator(root: Path, *, processing_delay: float = 0.0, transfer_rate_mb: float = 0.0) -> Iterator[Served]:
     """Start ``kaggle-relay emulator serve`` under ``root`` and connect the relay to it.
 
@@ -105,7 +78,7 @@ def served_emulator(root: Path, *, processing_delay: float = 0.0, transfer_rate_
         "emulator", "serve", "--data", str(data), "--processing-delay", str(processing_delay),
         "--user", f"{USER}:{KEY}", "--transfer-rate", str(transfer_rate_mb),
     ]
-    with emulator_subprocess(arguments) as (process, url):
+    with serve_emulator(arguments) as (process, url):
         os.environ["KAGGLE_CONFIG_DIR"] = str(config)
         os.environ["KAGGLE_RELAY_API_ENDPOINT"] = url
         # The kaggle client keeps its resumable-upload state in the temp folder.

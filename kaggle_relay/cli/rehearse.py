@@ -84,30 +84,40 @@ def add_parser(subparsers: Any) -> None:
 @contextlib.contextmanager
 def emulator_process(data_dir: Path, *, user: str, session_limit: float) -> Iterator[str]:
     """Start ``kaggle-relay emulator serve`` on a free loopback port; yield its URL."""
-    command = [
-        sys.executable, "-m", "kaggle_relay.cli.main", "emulator", "serve",
-        "--host", "127.0.0.1", "--port", "0", "--data", str(data_dir),
+    arguments = [
+        "emulator", "serve", "--host", "127.0.0.1", "--port", "0", "--data", str(data_dir),
         "--session-limit", str(session_limit), "--kill-grace", "2", "--processing-delay", "0.5",
         "--user", f"{user}:{REHEARSAL_KEY}",
     ]
-    log_file = open(data_dir.parent / "emulator.log", "w", encoding="utf-8")  # noqa: SIM115
-    process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=log_file, text=True)
-    try:
-        assert process.stdout is not None
-        url = process.stdout.readline().strip()
-        if not url.startswith("http://127.0.0.1"):
-            raise RelayError(f"the emulator did not start (first line {url!r}); see {log_file.name}")
+    with serve_emulator(arguments, data_dir.parent / "emulator.log") as (_process, url):
         yield url
-    finally:
-        process.terminate()
+
+
+@contextlib.contextmanager
+def serve_emulator(arguments: list[str], log_path: Path | None = None) -> Iterator[tuple[subprocess.Popen[str], str]]:
+    """Run ``kaggle-relay <arguments>`` (an ``emulator serve``); yield the process and its URL; stop it on exit.
+
+    Its stderr goes to ``log_path`` when given, else to this process's stderr.
+    """
+    command = [sys.executable, "-m", "kaggle_relay.cli.main", *arguments]
+    with contextlib.ExitStack() as stack:
+        log_file = stack.enter_context(log_path.open("w", encoding="utf-8")) if log_path else None
+        process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=log_file, text=True)
         try:
-            process.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait(timeout=30)
-        if process.stdout is not None:
-            process.stdout.close()
-        log_file.close()
+            assert process.stdout is not None
+            url = process.stdout.readline().strip()
+            if not url.startswith("http://127.0.0.1"):
+                raise RelayError(f"the emulator did not start (first line {url!r}); see {log_path or 'stderr'}")
+            yield process, url
+        finally:
+            process.terminate()
+            try:
+                process.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                process.kill()
+                process.wait(timeout=30)
+            if process.stdout is not None:
+                process.stdout.close()
 
 
 @contextlib.contextmanager

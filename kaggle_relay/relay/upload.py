@@ -172,7 +172,7 @@ class StreamingUploader:
             log.warning("the upload server reports %d bytes of a %d-byte file; starting the file again", start, size)
             return EXPIRED, 0
         if start == size:
-            # Every byte arrived, though the server said 308: a resume PUT would have an empty range.
+            # Every byte arrived, though the server responded 308: a resume PUT would have an empty range.
             return COMPLETE, size
         return INCOMPLETE, start
 
