@@ -139,7 +139,7 @@ class StreamingUploader:
                 if resume:
                     result, start = self._probe(session, url, size)
                     if result == COMPLETE:
-                        return self._check_digest(path, _file_sha256(path))
+                        return self._check_digest(path, known_sha256(path) or _file_sha256(path))
                     if result != INCOMPLETE:
                         return result
                 return self._put(session, path, url, size, start, quiet)
@@ -181,8 +181,8 @@ class StreamingUploader:
         if start > 0:
             headers["Content-Range"] = f"bytes {start}-{size - 1}/{size}"
             log.info("resuming the upload of %s at byte %d of %d", Path(path).name, start, size)
-        # A file this process hashed while downloading it, unchanged since (same inode, size and
-        # mtime), is not hashed again: on loopback the hash would halve the upload rate.
+        # A file this process hashed while downloading it, unchanged since (same inode, size, mtime
+        # and ctime), is not hashed again: on loopback the hash would halve the upload rate.
         known = known_sha256(path) if start == 0 else None
         with open(path, "rb") as handle, _progress(Path(path).name, size, start, quiet) as advance:
             body = _UploadBody(handle, size - start, known=known, advance=advance)
