@@ -113,7 +113,8 @@ def fetch_needed(listing: OutputSet, chain: ChainConfig, last_step: int | None) 
     metric. Everything else that matches (manifests, carried files,
     checkpoints no manifest records) is downloaded and validated as before.
     The returned stand-ins carry the steps, epochs and metrics the manifest
-    records, for the restart check; they are not validated.
+    records, for the restart check. They are not validated, so a corrupt file
+    among them is never reported as rejected.
     """
     manifests = [name for name in listing.names if PurePosixPath(name).name == MANIFEST_NAME]
     listing.fetch(manifests)
