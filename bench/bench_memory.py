@@ -73,7 +73,7 @@ def handoff(served: Served, root: Path, size: int) -> dict[str, object]:
     write_manifest(folder, [(checkpoint, 1000)])
     for path in folder.iterdir():
         served.add_output(kernel, 1, f"checkpoints/{path.name}", path.relative_to(served.imports))
-    dataset = f"{served_user(served)}/bench-memory-{label}"
+    dataset = f"{served.user}/bench-memory-{label}"
     # Flush the new checkpoint now, untimed, so the handoff does not share the disk with its write-back.
     os.sync()
     try:
@@ -95,12 +95,6 @@ def run_child(root: Path, kernel: str, dataset: str, dest: Path) -> dict[str, ob
     )
     report: dict[str, object] = json.loads(result.stdout.strip().splitlines()[-1])
     return report
-
-
-def served_user(served: Served) -> str:
-    from kaggle_relay.relay import client
-
-    return client.username(served.api)
 
 
 def main() -> list[Target]:

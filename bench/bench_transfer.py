@@ -137,13 +137,13 @@ def download_subjects(served: Served, kernel: str, work: Path) -> dict[str, Call
 
     def relay_download_unhashed() -> None:
         # Attribution only: the same call with a digest that does nothing, to show what the hash costs.
-        from kaggle_relay.relay import fetch
+        from kaggle_relay.runtime import hashing
 
-        fetch.hashlib = SimpleNamespace(sha256=_NoDigest)  # type: ignore[assignment]
+        hashing.hashlib = SimpleNamespace(sha256=_NoDigest)  # type: ignore[assignment]
         try:
             relay_download()
         finally:
-            fetch.hashlib = hashlib
+            hashing.hashlib = hashlib
 
     return {"plain GET": plain_get, "relay download_outputs": relay_download, "relay, hash left out": relay_download_unhashed}
 
@@ -167,7 +167,7 @@ def upload_subjects(served: Served, checkpoint: Path, work: Path) -> dict[str, C
     from kaggle_relay.runtime import validate
 
     size = checkpoint.stat().st_size
-    dataset = DatasetRef.parse(f"{served_user(served)}/bench-transfer-upload")
+    dataset = DatasetRef.parse(f"{served.user}/bench-transfer-upload")
     counter = iter(range(1, 1000))
 
     def start_upload() -> str:
@@ -189,21 +189,28 @@ def upload_subjects(served: Served, checkpoint: Path, work: Path) -> dict[str, C
         if response.status != 200:
             raise RuntimeError(f"plain PUT failed with HTTP {response.status}")
 
-    def relay_publish() -> None:
+    # In a chain the relay hashed the checkpoint while downloading it; do the same, untimed.
+    digest = validate.file_sha256(checkpoint)
+
+    def stage() -> Path:
         folder = work / "stage"
         empty(folder)
         os.link(checkpoint, folder / checkpoint.name)
+        return folder
+
+    def publish(folder: Path) -> None:
         marker = f"bench round {next(counter)}"
         datasets.publish_folder(served.api, dataset, folder, title="Bench transfer upload", notes=marker, marker=marker)
 
+    def relay_publish() -> None:
+        folder = stage()
+        # As the chain's staging does: the link changed the file's ctime, so record the hash again.
+        validate.remember_sha256(folder / checkpoint.name, digest)
+        publish(folder)
+
     def relay_publish_cold() -> None:
         # A file this process has not hashed (after a restart of the relay, say) is hashed while it is sent.
-        saved = dict(validate._HASHES)
-        validate._HASHES.clear()
-        try:
-            relay_publish()
-        finally:
-            validate._HASHES.update(saved)
+        publish(stage())
 
     def client_put() -> None:
         # Attribution only: the kaggle client's own PUT (KaggleApi.upload_complete), which the relay replaces.
@@ -211,20 +218,12 @@ def upload_subjects(served: Served, checkpoint: Path, work: Path) -> dict[str, C
         if result != 1:
             raise RuntimeError(f"the client's PUT ended with result {result}")
 
-    # In a chain the relay hashed the checkpoint while downloading it; do the same, untimed.
-    validate.file_sha256(checkpoint)
     return {
         "plain PUT": plain_put,
         "relay publish_folder": relay_publish,
         "relay, file not hashed before": relay_publish_cold,
         "kaggle client's own PUT": client_put,
     }
-
-
-def served_user(served: Served) -> str:
-    from kaggle_relay.relay import client
-
-    return client.username(served.api)
 
 
 def settle_emulator(served: Served) -> None:
@@ -265,7 +264,7 @@ def bytes_per_day(served: Served, root: Path) -> dict[str, int]:
     in_output = sum(path.stat().st_size for path in source.iterdir())
 
     # The harvest of a chain with default settings: its download pattern, then only the needed files.
-    chain = ChainConfig(name="bench", kernel=kernel, dataset=f"{served_user(served)}/bench-ten-checkpoints")
+    chain = ChainConfig(name="bench", kernel=kernel, dataset=f"{served.user}/bench-ten-checkpoints")
     listing = open_outputs(served.api, KernelRef.parse(kernel).with_version(1), root / "harvest",
                            file_pattern=download_pattern(chain))
     fetch_needed(listing, chain, last_step=None)

@@ -11,7 +11,6 @@ import json
 import os
 import subprocess
 import tempfile
-import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -52,8 +51,12 @@ class Served:
         )
         response.raise_for_status()
 
-    def server_rss_mib(self) -> float:
-        return rss_mib(self.process.pid)
+    @property
+    def user(self) -> str:
+        """The user the relay client authenticated as."""
+        from kaggle_relay.relay import client
+
+        return client.username(self.api)
 
 
 def write_credentials(folder: Path, user: str, key: str) -> Path:
@@ -105,23 +108,6 @@ def push_quick_kernel(served: Served, root: Path, slug: str) -> str:
     pushed = kernels.push_kernel(served.api, folder)
     kernels.wait_for_kernel(served.api, pushed.ref, timeout=120, interval=0.2)
     return str(meta["id"])
-
-
-def rss_mib(pid: int) -> float:
-    """Return the resident memory of process ``pid`` in MiB (Linux)."""
-    with open(f"/proc/{pid}/status", encoding="ascii") as status:
-        for line in status:
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1]) / 1024
-    return float("nan")
-
-
-def wait_until(predicate: Any, timeout: float = 60.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        if time.monotonic() > deadline:
-            raise TimeoutError("condition not met in time")
-        time.sleep(0.05)
 
 
 def write_manifest(folder: Path, files: list[tuple[Path, int]], *, run_id: str = "bench-run") -> Path:

@@ -16,10 +16,8 @@ fails both checks against its manifest entry, so it is never published.
 
 from __future__ import annotations
 
-import hashlib
 import http.client
 import queue
-import threading
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -27,6 +25,7 @@ from pathlib import Path
 import requests
 
 from kaggle_relay.runtime import atomic
+from kaggle_relay.runtime.hashing import BackgroundSha256
 from kaggle_relay.runtime.validate import remember_sha256
 
 CHUNK = 1 << 20
@@ -44,7 +43,7 @@ class Fetched:
 
 
 class _Hasher:
-    """Hash chunks in a thread; hashlib releases the interpreter lock for large buffers.
+    """The sha256 of a download, computed in a second thread on a ring of reused buffers.
 
     The chunks live in ``QUEUE_CHUNKS`` buffers allocated once: the reader
     fills a free one, the thread hashes it and gives it back. Allocating a
@@ -52,18 +51,12 @@ class _Hasher:
     """
 
     def __init__(self) -> None:
-        self.digest = hashlib.sha256()
         self._free: queue.Queue[memoryview] = queue.Queue()
         for _ in range(QUEUE_CHUNKS):
             self._free.put(memoryview(bytearray(CHUNK)))
-        self._full: queue.Queue[memoryview | None] = queue.Queue()
-        self._thread = threading.Thread(target=self._run, name="relay-fetch-sha256", daemon=True)
-        self._thread.start()
-
-    def _run(self) -> None:
-        while (view := self._full.get()) is not None:
-            self.digest.update(view)
-            self._free.put(memoryview(view.obj))
+        self._hash = BackgroundSha256(
+            depth=QUEUE_CHUNKS, hashed=lambda view: self._free.put(memoryview(view.obj)), name="relay-fetch-sha256"
+        )
 
     def buffer(self) -> memoryview:
         """Return a free buffer of CHUNK bytes to read into; hand it back with ``add``."""
@@ -71,12 +64,10 @@ class _Hasher:
 
     def add(self, view: memoryview) -> None:
         """Hash ``view`` (a slice of a buffer from ``buffer``) in the thread, then free the buffer."""
-        self._full.put(view)
+        self._hash.add(view)
 
     def finish(self) -> str:
-        self._full.put(None)
-        self._thread.join()
-        return self.digest.hexdigest()
+        return self._hash.finish()
 
 
 def fetch(

@@ -36,8 +36,6 @@ import hashlib
 import inspect
 import logging
 import os
-import queue
-import threading
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -47,6 +45,7 @@ import requests
 from requests.adapters import HTTPAdapter
 
 from kaggle_relay.errors import CheckpointInvalidError, EndpointSeamError
+from kaggle_relay.runtime.hashing import BackgroundSha256
 from kaggle_relay.runtime.validate import known_sha256
 
 if TYPE_CHECKING:
@@ -70,22 +69,14 @@ class _UploadBody:
     def __init__(self, handle: BinaryIO, length: int, *, known: str | None, advance: Callable[[int], None]) -> None:
         self.handle = handle
         self.length = length
-        self.digest = hashlib.sha256()
         self.known = known
         self.advance = advance
-        self._blocks: queue.Queue[bytes | None] = queue.Queue(maxsize=8)
-        self._thread = threading.Thread(target=self._hash, name="relay-upload-sha256", daemon=True)
-        if known is None:
-            self._thread.start()
-
-    def _hash(self) -> None:
-        while (block := self._blocks.get()) is not None:
-            self.digest.update(block)
+        self.hash = BackgroundSha256(name="relay-upload-sha256") if known is None else None
 
     def read(self, size: int = -1) -> bytes:
         block = self.handle.read(size if size and size > 0 else BLOCK)
-        if block and self.known is None:
-            self._blocks.put(block)
+        if block and self.hash is not None:
+            self.hash.add(block)
         self.advance(len(block))
         return block
 
@@ -94,11 +85,10 @@ class _UploadBody:
 
     def finish(self) -> str:
         """Return the sha256 of the whole file (the known one, or the one computed while sending)."""
-        if self.known is not None:
+        if self.hash is None:
+            assert self.known is not None
             return self.known
-        self._blocks.put(None)
-        self._thread.join()
-        return self.digest.hexdigest()
+        return self.hash.finish()
 
 
 class _LargeBlockAdapter(HTTPAdapter):
@@ -187,8 +177,9 @@ class StreamingUploader:
         with open(path, "rb") as handle, _progress(Path(path).name, size, start, quiet) as advance:
             body = _UploadBody(handle, size - start, known=known, advance=advance)
             try:
-                # The server has the first ``start`` bytes from an earlier PUT; hash them from disk.
-                _hash_range(handle, start, body.digest)
+                if body.hash is not None:
+                    # The server has the first ``start`` bytes from an earlier PUT; hash them from disk.
+                    _hash_range(handle, start, body.hash.add)
                 response = session.put(url, data=body, headers=headers, timeout=self.timeout)
             finally:
                 digest = body.finish()
@@ -240,22 +231,22 @@ def _progress(name: str, size: int, start: int, quiet: bool) -> Iterator[Callabl
         yield lambda sent: progress.advance(task, sent)
 
 
-def _hash_range(handle: BinaryIO, length: int, digest: Any) -> None:
-    """Feed the first ``length`` bytes of ``handle`` to ``digest`` and leave the handle at ``length``."""
+def _hash_range(handle: BinaryIO, length: int, add: Callable[[bytes], None]) -> None:
+    """Pass the first ``length`` bytes of ``handle`` to ``add`` and leave the handle at ``length``."""
     handle.seek(0)
     remaining = length
     while remaining > 0:
         block = handle.read(min(BLOCK, remaining))
         if not block:
             raise OSError(f"{handle.name} is shorter than the {length} bytes already uploaded")
-        digest.update(block)
+        add(block)
         remaining -= len(block)
 
 
 def _file_sha256(path: str) -> str:
     digest = hashlib.sha256()
     with open(path, "rb") as handle:
-        _hash_range(handle, os.path.getsize(path), digest)
+        _hash_range(handle, os.path.getsize(path), digest.update)
     return digest.hexdigest()
 
 

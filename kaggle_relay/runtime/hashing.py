@@ -2,7 +2,9 @@
 
 ``HashingWriter`` hashes the buffers passed to it. ``TrailingHasher`` with
 ``AppendingWriter`` hashes the file itself, reading it back from the page
-cache in a second thread just behind the writer.
+cache in a second thread just behind the writer. ``BackgroundSha256`` hashes
+buffers handed to it in a second thread while the caller moves bytes over
+the network.
 """
 
 from __future__ import annotations
@@ -12,7 +14,9 @@ import hashlib
 import io
 import logging
 import os
+import queue
 import threading
+from collections.abc import Callable
 from typing import IO, Any
 
 log = logging.getLogger(__name__)
@@ -64,6 +68,41 @@ class HashingWriter:
 
     def __exit__(self, *exc_info: object) -> None:
         self.close()
+
+
+class BackgroundSha256:
+    """A thread that hashes, in order, the buffers passed to ``add``, while the caller goes on.
+
+    hashlib releases the interpreter lock for large buffers, so the hash runs
+    beside the caller's reads and writes. At most ``depth`` buffers wait;
+    ``add`` blocks when the thread falls behind. ``hashed`` is called with
+    each buffer once it is hashed, so the caller can reuse it.
+    """
+
+    def __init__(
+        self, depth: int = 8, hashed: Callable[[Any], None] | None = None, name: str = "relay-sha256"
+    ) -> None:
+        self.digest = hashlib.sha256()
+        self._hashed = hashed
+        self._pending: queue.Queue[Any] = queue.Queue(maxsize=depth)
+        self._thread = threading.Thread(target=self._run, name=name, daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        while (data := self._pending.get()) is not None:
+            self.digest.update(data)
+            if self._hashed is not None:
+                self._hashed(data)
+
+    def add(self, data: Any) -> None:
+        """Queue ``data`` (bytes or a view nobody changes until ``hashed``) for the hash."""
+        self._pending.put(data)
+
+    def finish(self) -> str:
+        """Wait for every queued buffer and return the hex sha256; the thread ends."""
+        self._pending.put(None)
+        self._thread.join()
+        return self.digest.hexdigest()
 
 
 # The trailing hasher reads back at most this much per call, into one reused buffer.

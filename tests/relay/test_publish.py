@@ -182,3 +182,19 @@ def test_carried_file_outside_source_is_refused(relay_api: Any, tmp_path: Path, 
         run_publish(relay_api, source, "run-1", carry=[item])
     assert caught.value.field == "carry"
     assert not datasets.dataset_exists(relay_api, REF)
+
+
+def test_staged_link_keeps_known_download_hash(tmp_path: Path) -> None:
+    from kaggle_relay.runtime.validate import known_sha256, remember_sha256
+
+    source = tmp_path / "outputs"
+    save_checkpoint({"model": {"weight": torch.ones(4)}}, "ckpt-0001.pt", folder=source, step=1)
+    checkpoint = source / "ckpt-0001.pt"
+    digest = load_manifest(source).entry("ckpt-0001.pt").sha256  # type: ignore[union-attr]
+    remember_sha256(checkpoint, digest)
+    selected = publish.select_checkpoint(source)
+
+    publish.stage_handoff(source, tmp_path / "stage", selected, carry=(), handoff={}, run_id="r1")
+
+    # The hard link changed the file's ctime; the hash is recorded again, so the upload does not rehash it.
+    assert known_sha256(tmp_path / "stage" / "ckpt-0001.pt") == digest

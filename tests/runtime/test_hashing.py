@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from kaggle_relay.runtime.hashing import AppendingWriter, TrailingHasher
+from kaggle_relay.runtime.hashing import AppendingWriter, BackgroundSha256, TrailingHasher
 
 
 @pytest.mark.parametrize("writeback_bytes", [0, 256 << 10])
@@ -67,3 +67,16 @@ def test_appending_writer_cannot_seek(tmp_path: Path) -> None:
         assert not hasattr(writer, "seek")
         assert not hasattr(writer, "tell")
         hasher.finish()
+
+
+def test_background_sha256_hashes_in_order_and_hands_back() -> None:
+    blocks = [bytes([index]) * (1 << 20) for index in range(20)]
+    returned: list[bytes] = []
+    hasher = BackgroundSha256(depth=2, hashed=returned.append)
+    for block in blocks:
+        hasher.add(block)
+
+    digest = hasher.finish()
+
+    assert digest == hashlib.sha256(b"".join(blocks)).hexdigest()
+    assert returned == blocks
