@@ -142,7 +142,10 @@ class OutputSet:
         accepted: dict[str, tuple[PurePosixPath, ListedFile]], refused: list[UnsafeOutputPathError],
         run_log: str, pattern: re.Pattern[str] | None, progress: bool,
     ) -> None:
-        self.api, self.ref, self.dest, self.folder = api, ref, dest, folder
+        self.api = api
+        self.ref = ref
+        self.dest = dest
+        self.folder = folder
         self.accepted = accepted
         self.refused = refused
         self.run_log = run_log
